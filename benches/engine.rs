@@ -1,0 +1,126 @@
+//! The vault engine on a 1 KiB secret: seal, open, encrypt, decrypt, against raw
+//! AES-256-GCM over the same bytes with the same crate, in the same run.
+//!
+//! `cargo bench --bench engine` prints criterion's figures, then a summary with
+//! operations per second and the ratio of the engine's encrypt/decrypt to the raw cipher.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use criterion::{Criterion, Throughput};
+use monivault::crypto::{ItemBinding, Keyring, RootKey, SealBinding, seal};
+
+const GROUP: &str = "engine_1KiB";
+const NOW: i64 = 1_800_000_000;
+
+fn bench(c: &mut Criterion) {
+    let secret = vec![0x5au8; 1024];
+    let root = RootKey::generate(1).expect("root key");
+    let mut keyring = Keyring::new(&root, NOW);
+    keyring
+        .ensure_environment(&root, "team-a", NOW)
+        .expect("environment");
+    let cipher = keyring
+        .current_data_cipher(&root, "team-a")
+        .expect("cipher");
+    let opener = keyring.sealing_opener(&root, "team-a", 1).expect("opener");
+    let public_key = keyring.sealing_public_key("team-a").expect("public key");
+    let item = ItemBinding {
+        namespace: "team-a",
+        item: "shop-login",
+        uid: "6a1e0c7e-0000-4000-8000-000000000001",
+        field: "password",
+    };
+    let sealed_binding = SealBinding {
+        namespace: "team-a",
+        item: "shop-login",
+        field: "password",
+    };
+    let stored = cipher.encrypt(&item, &secret).expect("encrypt");
+    let sealed = seal(&public_key, &sealed_binding, &secret).expect("seal");
+
+    // The baseline: the same crate, key size, nonce source and AAD length, no engine.
+    let raw = Aes256Gcm::new(&Key::<Aes256Gcm>::from([7u8; 32]));
+    let aad = [0u8; 80];
+
+    let mut group = c.benchmark_group(GROUP);
+    group.throughput(Throughput::Bytes(secret.len() as u64));
+    group.bench_function("raw_aes_gcm_encrypt", |b| {
+        b.iter(|| {
+            let mut nonce = [0u8; 12];
+            getrandom::fill(&mut nonce).expect("random");
+            raw.encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: black_box(&secret),
+                    aad: &aad,
+                },
+            )
+            .expect("raw encrypt")
+        })
+    });
+    group.bench_function("encrypt", |b| {
+        b.iter(|| {
+            cipher
+                .encrypt(black_box(&item), black_box(&secret))
+                .expect("encrypt")
+        })
+    });
+    group.bench_function("decrypt", |b| {
+        b.iter(|| {
+            cipher
+                .decrypt(black_box(&item), black_box(&stored))
+                .expect("decrypt")
+        })
+    });
+    group.bench_function("seal", |b| {
+        b.iter(|| seal(&public_key, black_box(&sealed_binding), black_box(&secret)).expect("seal"))
+    });
+    group.bench_function("open", |b| {
+        b.iter(|| {
+            opener
+                .open(black_box(&sealed_binding), black_box(&sealed))
+                .expect("open")
+        })
+    });
+    group.finish();
+}
+
+/// Mean time per iteration in ns, from the estimates criterion just wrote.
+fn mean_ns(name: &str) -> Option<f64> {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let path = dir
+        .join("criterion")
+        .join(GROUP)
+        .join(name)
+        .join("new")
+        .join("estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["mean"]["point_estimate"].as_f64()
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+
+    println!("\n== {GROUP} summary (this run) ==");
+    for name in ["raw_aes_gcm_encrypt", "encrypt", "decrypt", "seal", "open"] {
+        if let Some(ns) = mean_ns(name) {
+            println!("{name:>20}: {:>12.0} ops/s  ({ns:.0} ns/op)", 1e9 / ns);
+        }
+    }
+    if let (Some(raw), Some(enc), Some(dec)) = (
+        mean_ns("raw_aes_gcm_encrypt"),
+        mean_ns("encrypt"),
+        mean_ns("decrypt"),
+    ) {
+        println!("encrypt / raw AES-256-GCM: {:.2}x", enc / raw);
+        println!("decrypt / raw AES-256-GCM: {:.2}x", dec / raw);
+    }
+}

@@ -1,0 +1,152 @@
+//! `MonitorRun` (`mrun`): "Test Now", one on-demand run of a saved monitor or of an unsaved
+//! monitor spec. The result goes in its status. The spec is immutable, so what was
+//! authorized is what runs.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::condition::Condition;
+use super::duration::Duration;
+use super::monitor::MonitorSpec;
+use super::names::ObjectName;
+
+/// One on-demand run. Creating it needs the use verb on every item the monitor uses.
+// kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads that as a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "monivault.io",
+    version = "v1alpha1",
+    kind = "MonitorRun",
+    namespaced,
+    status = "MonitorRunStatus",
+    derive = "PartialEq",
+    shortname = "mrun",
+    category = "monivault",
+    cel,
+    doc = "One on-demand run (Test Now) of a saved Monitor or of an inline monitor spec. The result is in status.",
+    selectable = ".spec.monitorRef.name",
+    printcolumn(
+        name = "Monitor",
+        type_ = "string",
+        json_path = ".spec.monitorRef.name"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Passed",
+        type_ = "boolean",
+        json_path = ".status.result.passed"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("has(self.monitorRef) != has(self.monitor)").message("set exactly one of monitorRef (a saved Monitor) or monitor (an inline Monitor spec)"))]
+#[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: create a new MonitorRun to run again"))]
+#[serde(rename_all = "camelCase")]
+pub struct MonitorRunSpec {
+    /// Run this saved Monitor, as it is when the run starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_ref: Option<MonitorRef>,
+
+    /// Run this monitor spec, which need not be saved as a Monitor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<MonitorSpec>,
+}
+
+impl MonitorRunSpec {
+    /// A run of the saved monitor `name`.
+    pub fn of_monitor(name: impl Into<ObjectName>) -> Self {
+        MonitorRunSpec {
+            monitor_ref: Some(MonitorRef { name: name.into() }),
+            monitor: None,
+        }
+    }
+
+    /// A run of an unsaved monitor spec.
+    pub fn of_spec(spec: MonitorSpec) -> Self {
+        MonitorRunSpec {
+            monitor_ref: None,
+            monitor: Some(spec),
+        }
+    }
+}
+
+/// `monitorRef`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitorRef {
+    /// The Monitor's name, in the run's namespace.
+    pub name: ObjectName,
+}
+
+/// Where a run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RunPhase {
+    /// Accepted, not started.
+    Pending,
+    /// The request is in flight.
+    Running,
+    /// Finished, and every assertion held.
+    Succeeded,
+    /// Finished with a failed assertion, or could not run; `result.message` says why.
+    Failed,
+}
+
+impl RunPhase {
+    /// Whether the run is over; the runner never touches a finished run again.
+    pub fn is_finished(self) -> bool {
+        matches!(self, RunPhase::Succeeded | RunPhase::Failed)
+    }
+}
+
+/// Progress and result of a run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitorRunStatus {
+    /// Where the run is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RunPhase>,
+
+    /// Standard conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// When the request started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+
+    /// When the run finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+
+    /// What the check saw. Scrubbed of every secret it used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RunResult>,
+}
+
+/// What one check saw.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResult {
+    /// The HTTP status, if a response arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+
+    /// How long the response took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_time: Option<Duration>,
+
+    /// Whether every assertion held.
+    pub passed: bool,
+
+    /// Why it failed, for people. Scrubbed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

@@ -1,0 +1,35 @@
+//! The vault engine: key hierarchy, authenticated encryption, sealing and the rotation steps.
+//!
+//! Pure: no I/O, no clock, no Kubernetes. Callers pass in the time and persist the
+//! [`Keyring`] value themselves (by compare-and-swap), so every step here is a function
+//! from one keyring value to the next and can be tested exhaustively.
+//!
+//! What it must never do: hand out key material or plaintext in a type that can be logged
+//! or cloned by accident. Keys live in [`zeroize::Zeroizing`] buffers, plaintext in
+//! [`Plaintext`] (a `secrecy` box), and every error is free of secret bytes.
+//!
+//! ```text
+//! RootKey (versioned, one per installation)
+//!   └─ wraps, per environment (= namespace), versioned:
+//!        ├─ data key (AES-256-GCM)    → DataCipher: item ciphertext in the store ("mv1.d.")
+//!        └─ sealing key pair (X-Wing) → seal()/SealingOpener: HPKE envelopes ("mv1.s.")
+//! ```
+
+mod aad;
+mod data;
+mod envelope;
+mod error;
+mod keyring;
+mod keys;
+mod sealing;
+
+pub use data::{DataCipher, ItemBinding};
+pub use envelope::{EnvelopeKind, key_version_of};
+pub use error::CryptoError;
+pub use keyring::{DataKeyInfo, Environment, Keyring, RotationPolicy, SealingKeyInfo, reencrypt};
+pub use keys::{Plaintext, RootKey};
+pub use sealing::{SealBinding, SealingOpener, SealingPublicKey, seal};
+
+/// Encryptions allowed under one data key before it must rotate (random 96-bit nonces:
+/// NIST SP 800-38D caps them at 2^32; we keep a factor of two in hand).
+pub const MAX_ENCRYPTIONS_PER_DATA_KEY: u64 = 1 << 31;

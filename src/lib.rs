@@ -1,0 +1,12 @@
+//! monivault: a secrets vault for synthetic monitoring on Kubernetes.
+//!
+//! Each part has its own room and meets the others through small typed interfaces:
+//! - [`api`]: the CRD types (`VaultSection`, `VaultItem`, `Monitor`, `MonitorRun`);
+//! - [`crypto`]: the vault engine: key hierarchy, AEAD, sealing, rotation steps. Pure, no I/O;
+//! - [`runner`]: monitor checks, templating and scrubbing;
+//! - [`telemetry`]: logging setup.
+
+pub mod api;
+pub mod crypto;
+pub mod runner;
+pub mod telemetry;

@@ -1,0 +1,330 @@
+//! Vault placeholders in monitor URLs, headers and bodies: `{{@VaultItem.<name>.<Field>}}`.
+//!
+//! The parser is the single authority on which items a text references: the webhook
+//! authorizes exactly what it returns, and the runner substitutes exactly that. So it is
+//! strict. Anything that opens like a placeholder (`{{` then `@`, spaces allowed between)
+//! must be a well-formed one, or the whole text is refused; a near-miss is never let
+//! through as literal text that some later step might read differently.
+
+use std::fmt;
+use std::ops::Range;
+
+use thiserror::Error;
+
+const OPEN: &str = "{{";
+const CLOSE: &str = "}}";
+const SOURCE: &str = "VaultItem";
+/// Kubernetes object names are DNS-1123 subdomains: at most 253 characters.
+const MAX_NAME_LEN: usize = 253;
+
+/// The item field a placeholder reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PlaceholderField {
+    Username,
+    Password,
+    Value,
+    /// The current TOTP code computed from the item's seed, not the seed itself.
+    OneTimePassword,
+}
+
+impl PlaceholderField {
+    pub const ALL: [PlaceholderField; 4] = [
+        PlaceholderField::Username,
+        PlaceholderField::Password,
+        PlaceholderField::Value,
+        PlaceholderField::OneTimePassword,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlaceholderField::Username => "Username",
+            PlaceholderField::Password => "Password",
+            PlaceholderField::Value => "Value",
+            PlaceholderField::OneTimePassword => "OneTimePassword",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+impl fmt::Display for PlaceholderField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One reference found in a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placeholder {
+    pub item: String,
+    pub field: PlaceholderField,
+    /// Byte range of the whole `{{…}}` in the text, for substitution.
+    pub span: Range<usize>,
+}
+
+/// Why a text was refused. `offset` counts characters from 0, where the placeholder opens.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("placeholder at offset {offset}: {reason}")]
+pub struct TemplateError {
+    pub offset: usize,
+    pub reason: TemplateErrorReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TemplateErrorReason {
+    #[error("unterminated: no closing }}}}")]
+    Unterminated,
+    #[error("placeholders cannot be nested")]
+    Nested,
+    #[error("spaces are not allowed inside a placeholder")]
+    Whitespace,
+    #[error("unknown source {0:?}: expected @VaultItem.<name>.<Field>")]
+    UnknownSource(String),
+    #[error("expected @VaultItem.<name>.<Field>")]
+    Shape,
+    #[error("the item name is empty")]
+    EmptyName,
+    #[error(
+        "item name {0:?} is not a valid Kubernetes object name (lowercase letters, digits, '-' and '.', at most 253)"
+    )]
+    InvalidName(String),
+    #[error("unknown field {0:?}: expected one of Username, Password, Value, OneTimePassword")]
+    UnknownField(String),
+}
+
+/// Every vault placeholder in `text`, in order, or the first error.
+pub fn parse(text: &str) -> Result<Vec<Placeholder>, TemplateError> {
+    let mut found = Vec::new();
+    let mut cursor = 0;
+    while let Some(rel) = text[cursor..].find(OPEN) {
+        let start = cursor + rel;
+        let after_open = start + OPEN.len();
+        let rest = &text[after_open..];
+        let trimmed = rest.trim_start();
+        if !trimmed.starts_with('@') {
+            // Literal braces (e.g. in a JSON body); skip one '{' so "{{{@…" is still seen.
+            cursor = start + 1;
+            continue;
+        }
+        let err = |reason| TemplateError {
+            offset: text[..start].chars().count(),
+            reason,
+        };
+        if trimmed.len() != rest.len() {
+            return Err(err(TemplateErrorReason::Whitespace));
+        }
+        let close = rest
+            .find(CLOSE)
+            .ok_or(err(TemplateErrorReason::Unterminated))?;
+        let inner = &rest[..close];
+        if inner.contains(OPEN) {
+            return Err(err(TemplateErrorReason::Nested));
+        }
+        let (item, field) = parse_inner(inner).map_err(err)?;
+        let end = after_open + close + CLOSE.len();
+        found.push(Placeholder {
+            item,
+            field,
+            span: start..end,
+        });
+        cursor = end;
+    }
+    Ok(found)
+}
+
+/// Parses `@VaultItem.<name>.<Field>`. The name may contain dots; the field is the last
+/// segment.
+fn parse_inner(inner: &str) -> Result<(String, PlaceholderField), TemplateErrorReason> {
+    if inner.chars().any(char::is_whitespace) {
+        return Err(TemplateErrorReason::Whitespace);
+    }
+    let body = inner.strip_prefix('@').ok_or(TemplateErrorReason::Shape)?;
+    let (source, rest) = body.split_once('.').ok_or(TemplateErrorReason::Shape)?;
+    if source != SOURCE {
+        return Err(TemplateErrorReason::UnknownSource(truncate(source)));
+    }
+    let (name, field) = rest.rsplit_once('.').ok_or(TemplateErrorReason::Shape)?;
+    if name.is_empty() {
+        return Err(TemplateErrorReason::EmptyName);
+    }
+    if !is_object_name(name) {
+        return Err(TemplateErrorReason::InvalidName(truncate(name)));
+    }
+    let field = PlaceholderField::parse(field)
+        .ok_or_else(|| TemplateErrorReason::UnknownField(truncate(field)))?;
+    Ok((name.to_owned(), field))
+}
+
+/// DNS-1123 subdomain, as Kubernetes requires of object names.
+fn is_object_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN
+        && name.split('.').all(|label| {
+            let bytes = label.as_bytes();
+            !bytes.is_empty()
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+                && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+                && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        })
+}
+
+/// Echoed input stays short, so a hostile template cannot blow up an error message.
+fn truncate(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(MAX).collect();
+        out.push('…');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PlaceholderField::*;
+    use super::TemplateErrorReason as R;
+    use super::*;
+
+    fn refs(text: &str) -> Vec<(String, PlaceholderField)> {
+        parse(text)
+            .unwrap_or_else(|e| panic!("{text:?} should parse: {e}"))
+            .into_iter()
+            .map(|p| (p.item, p.field))
+            .collect()
+    }
+
+    #[test]
+    fn good_inputs() {
+        let cases: &[(&str, &[(&str, PlaceholderField)])] = &[
+            ("https://shop.example.com/", &[]),
+            ("", &[]),
+            (
+                "{{@VaultItem.shop-login.Password}}",
+                &[("shop-login", Password)],
+            ),
+            (
+                "{{@VaultItem.shop-login.Username}}",
+                &[("shop-login", Username)],
+            ),
+            (
+                "Bearer {{@VaultItem.api-token.Value}}",
+                &[("api-token", Value)],
+            ),
+            (
+                "{{@VaultItem.otp.OneTimePassword}}",
+                &[("otp", OneTimePassword)],
+            ),
+            ("{{@VaultItem.a.b.c.Value}}", &[("a.b.c", Value)]),
+            (
+                "u={{@VaultItem.a.Username}}&p={{@VaultItem.a.Password}}",
+                &[("a", Username), ("a", Password)],
+            ),
+            (r#"{"a": {{"b": 1}}}"#, &[]),
+            ("{{not a placeholder}}", &[]),
+            ("{{{@VaultItem.x.Value}}}", &[("x", Value)]),
+            ("}}{{@VaultItem.x.Value}}", &[("x", Value)]),
+            ("ünïcode {{@VaultItem.x1.Value}}", &[("x1", Value)]),
+        ];
+        for (text, want) in cases {
+            let want: Vec<_> = want.iter().map(|(n, f)| (n.to_string(), *f)).collect();
+            assert_eq!(refs(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bad_inputs() {
+        let long = format!("{{{{@VaultItem.{}.Value}}}}", "a".repeat(254));
+        let cases: &[(&str, usize, R)] = &[
+            ("{{@VaultItem.shop.Password", 0, R::Unterminated),
+            ("x {{@VaultItem.shop.Password}", 2, R::Unterminated),
+            (
+                "{{@VaultItem.{{@VaultItem.a.Value}}.Password}}",
+                0,
+                R::Nested,
+            ),
+            ("{{@VaultItem..Password}}", 0, R::EmptyName),
+            (
+                "{{@VaultItem.shop.Passwort}}",
+                0,
+                R::UnknownField("Passwort".into()),
+            ),
+            (
+                "{{@VaultItem.shop.password}}",
+                0,
+                R::UnknownField("password".into()),
+            ),
+            ("{{@VaultItem.shop.}}", 0, R::UnknownField(String::new())),
+            ("{{@VaultItem.shop}}", 0, R::Shape),
+            ("{{@VaultItem}}", 0, R::Shape),
+            ("{{@}}", 0, R::Shape),
+            (
+                "{{@Secret.shop.Value}}",
+                0,
+                R::UnknownSource("Secret".into()),
+            ),
+            (
+                "{{@vaultitem.shop.Value}}",
+                0,
+                R::UnknownSource("vaultitem".into()),
+            ),
+            ("{{ @VaultItem.shop.Value}}", 0, R::Whitespace),
+            ("{{@VaultItem.shop .Value}}", 0, R::Whitespace),
+            (
+                "{{@VaultItem.Shop.Value}}",
+                0,
+                R::InvalidName("Shop".into()),
+            ),
+            (
+                "{{@VaultItem.-shop.Value}}",
+                0,
+                R::InvalidName("-shop".into()),
+            ),
+            (
+                "{{@VaultItem.a..b.Value}}",
+                0,
+                R::InvalidName("a..b".into()),
+            ),
+            ("{{@VaultItem.a/b.Value}}", 0, R::InvalidName("a/b".into())),
+            (
+                "ok {{@VaultItem.a.Value}} ü {{@VaultItem.b.Nope}}",
+                28,
+                R::UnknownField("Nope".into()),
+            ),
+        ];
+        for (text, offset, reason) in cases {
+            assert_eq!(
+                parse(text),
+                Err(TemplateError {
+                    offset: *offset,
+                    reason: reason.clone()
+                }),
+                "{text:?}"
+            );
+        }
+        assert!(matches!(
+            parse(&long),
+            Err(TemplateError {
+                reason: R::InvalidName(_),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn spans_cover_the_placeholder() {
+        let text = "a{{@VaultItem.x.Value}}b";
+        let found = parse(text).expect("parses");
+        assert_eq!(&text[found[0].span.clone()], "{{@VaultItem.x.Value}}");
+    }
+
+    #[test]
+    fn errors_echo_bounded_input() {
+        let text = format!("{{{{@VaultItem.x.{}}}}}", "F".repeat(10_000));
+        let msg = parse(&text).expect_err("unknown field").to_string();
+        assert!(msg.len() < 300, "{msg}");
+    }
+}
