@@ -4,9 +4,13 @@
 //! - [`api`]: the CRD types (`VaultSection`, `VaultItem`, `Monitor`, `MonitorRun`);
 //! - [`crypto`]: the vault engine: key hierarchy, AEAD, sealing, rotation steps. Pure, no I/O;
 //! - [`runner`]: monitor checks, templating and scrubbing;
+//! - [`store`]: the internal store: root keys, keyring and item records in Secrets, by
+//!   compare-and-swap;
 //! - [`telemetry`]: logging setup.
 
 pub mod api;
+pub mod controller;
 pub mod crypto;
 pub mod runner;
+pub mod store;
 pub mod telemetry;

@@ -4,9 +4,13 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
 use monivault::api::{self, SecretField};
+use monivault::controller::{self, keys::Keys};
 use monivault::crypto::{self, Plaintext, SealBinding, SealingPublicKey};
+use monivault::store::SecretStore;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -22,10 +26,25 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions generated from the Rust types, as YAML.
     Crds,
+    /// Run the operator: the controller that ingests vault items into the encrypted store.
+    Run(RunArgs),
     /// Seal a secret for GitOps. Reads the value from standard input (never from the
     /// command line, which other users can see in the process list) and prints the
     /// `mv1.s.…` string to put under `spec.sealed.<field>`.
     Seal(SealArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The operator's own namespace, which holds the store (root key, keyring, records).
+    #[arg(long, env = "MONIVAULT_NAMESPACE", default_value = "monivault-system")]
+    namespace: String,
+    /// Act on this namespace only (default: every namespace).
+    #[arg(long, env = "MONIVAULT_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// This replica's name, for Events (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME", default_value = "monivault")]
+    instance: String,
 }
 
 #[derive(clap::Args)]
@@ -65,6 +84,12 @@ enum CliError {
     Crypto(#[from] crypto::CryptoError),
     #[error("the value to seal is empty")]
     EmptyValue,
+    #[error("cannot connect to Kubernetes: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("{0}")]
+    Keys(#[from] monivault::controller::keys::KeyError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 fn parse_field(s: &str) -> Result<SecretField, String> {
@@ -82,6 +107,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crds => print_crds(),
+        Command::Run(args) => run(args),
         Command::Seal(args) => seal(&args),
     };
     match result {
@@ -91,6 +117,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(args: RunArgs) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default().await.map_err(CliError::Kube)?;
+        let store = Arc::new(SecretStore::new(client.clone(), &args.namespace));
+        let keys = Arc::new(Keys::bootstrap(store).await?);
+        tracing::info!(namespace = %args.namespace, "monivault controller started");
+        controller::run(client, keys, args.watch_namespace, args.instance).await;
+        Ok(())
+    })
 }
 
 fn print_crds() -> Result<(), CliError> {

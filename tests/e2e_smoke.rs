@@ -125,7 +125,15 @@ async fn type_and_section_cannot_change() {
     assert!(out.status.success(), "{}", stderr(&out));
 
     let out = c.kubectl_stdin(
-        &["apply", "--server-side", "-n", &ns, "-f", "-"],
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-n",
+            &ns,
+            "-f",
+            "-",
+        ],
         &item("billing", "Secret", secret),
     );
     assert!(!out.status.success(), "section changed");

@@ -6,10 +6,13 @@
 //! must be a well-formed one, or the whole text is refused; a near-miss is never let
 //! through as literal text that some later step might read differently.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Range;
 
 use thiserror::Error;
+
+use crate::api::monitor::MonitorSpec;
 
 const OPEN: &str = "{{";
 const CLOSE: &str = "}}";
@@ -132,6 +135,31 @@ pub fn parse(text: &str) -> Result<Vec<Placeholder>, TemplateError> {
         cursor = end;
     }
     Ok(found)
+}
+
+/// A placeholder error in one field of a monitor spec.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{field}: {source}")]
+pub struct ReferenceError {
+    /// The spec field, e.g. `headers[0].value`.
+    pub field: String,
+    #[source]
+    pub source: TemplateError,
+}
+
+/// Every vault item a monitor spec uses, through typed fields and placeholders. This is
+/// the set the webhook authorizes, the runner resolves, and `usedBy` reports.
+pub fn referenced_items(spec: &MonitorSpec) -> Result<BTreeSet<String>, ReferenceError> {
+    let mut items: BTreeSet<String> = spec
+        .typed_item_refs()
+        .iter()
+        .map(|r| r.name.as_str().to_owned())
+        .collect();
+    for (field, text) in spec.template_texts() {
+        let found = parse(text).map_err(|source| ReferenceError { field, source })?;
+        items.extend(found.into_iter().map(|p| p.item));
+    }
+    Ok(items)
 }
 
 /// Parses `@VaultItem.<name>.<Field>`. The name may contain dots; the field is the last
@@ -312,6 +340,39 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_monitor_references_typed_and_placeholder_items() {
+        use crate::api::monitor::{BasicAuth, Header, MonitorAuth};
+        use crate::api::names::ObjectName;
+
+        let mut spec =
+            MonitorSpec::new("https://shop.example.com/?u={{@VaultItem.login.Username}}");
+        spec.auth = Some(MonitorAuth {
+            basic: Some(BasicAuth {
+                credential_set: ObjectName::new("login"),
+            }),
+            bearer: None,
+        });
+        spec.headers.push(Header {
+            name: "X-Api-Key".into(),
+            value: "{{@VaultItem.api-token.Value}}".into(),
+        });
+        spec.body = Some("otp={{@VaultItem.otp.OneTimePassword}}".into());
+        let items = referenced_items(&spec).expect("parses");
+        assert_eq!(
+            items.into_iter().collect::<Vec<_>>(),
+            ["api-token", "login", "otp"]
+        );
+
+        spec.headers[0].value = "{{@VaultItem.api-token.Nope}}".into();
+        let err = referenced_items(&spec).expect_err("bad field");
+        assert_eq!(err.field, "headers[0].value");
+        assert!(
+            err.to_string()
+                .starts_with("headers[0].value: placeholder at offset 0")
+        );
     }
 
     #[test]

@@ -1,0 +1,202 @@
+//! The controller: ingests sealed values into the encrypted store, keeps environment keys,
+//! and reports status.
+//!
+//! It owns the reconcile loops of `VaultItem` and `VaultSection`. It must never put a
+//! plaintext in a status, an Event, a log line or an error: messages name fields and
+//! reasons, and the types that hold secrets redact themselves.
+
+pub mod keys;
+pub mod vault_item;
+pub mod vault_section;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+
+use crate::api::monitor::Monitor;
+use crate::api::vault_item::VaultItem;
+use crate::api::vault_section::VaultSection;
+use crate::crypto::CryptoError;
+use crate::runner::template::referenced_items;
+use crate::store::{Store, StoreError};
+use keys::{KeyError, Keys};
+
+/// The server-side apply field manager of everything the controller writes.
+pub const FIELD_MANAGER: &str = "monivault-controller";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("vault engine: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("the monitor cache stopped")]
+    CacheClosed,
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A low-cardinality label for metrics and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::MissingField(_) => "invalid_object",
+            Error::Kube(_) => "kube",
+            Error::Keys(e) => e.category(),
+            Error::Store(e) => e.category(),
+            Error::Crypto(_) => "crypto",
+            Error::Finalizer(_) => "finalizer",
+            Error::CacheClosed => "cache",
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context<S> {
+    pub client: Client,
+    pub keys: Arc<Keys<S>>,
+    /// Every Monitor, cached, to compute `usedBy`.
+    pub monitors: reflector::Store<Monitor>,
+    pub recorder: Recorder,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl<S> Context<S> {
+    fn backoff(&self, key: String) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        // 1s, 2s, 4s … capped at 5 minutes.
+        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    fn succeeded(&self, key: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.remove(key);
+    }
+}
+
+fn error_policy<K: ResourceExt, S>(obj: Arc<K>, error: &Error, ctx: Arc<Context<S>>) -> Action {
+    let key = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let delay = ctx.backoff(key.clone());
+    tracing::warn!(object = %key, category = error.category(), %error, ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// An API over every namespace, or over the one the operator is scoped to.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the VaultItem and VaultSection controllers until shutdown, over every namespace
+/// or only `watch_namespace`.
+pub async fn run<S: Store>(
+    client: Client,
+    keys: Arc<Keys<S>>,
+    watch_namespace: Option<String>,
+    instance: String,
+) {
+    let watch_namespace = watch_namespace.as_deref();
+    let (monitors, writer) = reflector::store::<Monitor>();
+    let monitor_api = scoped::<Monitor>(&client, watch_namespace);
+    let monitor_cache = reflector::reflector(
+        writer,
+        watcher(monitor_api.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: Some(instance),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        keys,
+        monitors: monitors.clone(),
+        recorder,
+        failures: Mutex::new(HashMap::new()),
+    });
+
+    // A monitor change touches the items it references now and those it referenced
+    // before, so `usedBy` drops a monitor as soon as the reference goes.
+    let previous: Arc<Mutex<HashMap<ObjectRef<Monitor>, BTreeSet<String>>>> = Arc::default();
+    let mapper = move |monitor: Monitor| {
+        let namespace = monitor.namespace().unwrap_or_default();
+        let now = referenced_items(&monitor.spec).unwrap_or_default();
+        let mut previous = previous.lock().unwrap_or_else(|e| e.into_inner());
+        let before = previous
+            .insert(ObjectRef::from_obj(&monitor), now.clone())
+            .unwrap_or_default();
+        before
+            .union(&now)
+            .map(|name| ObjectRef::<VaultItem>::new(name).within(&namespace))
+            .collect::<Vec<_>>()
+    };
+
+    let items = Controller::new(
+        scoped::<VaultItem>(&client, watch_namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .watches(monitor_api, watcher::Config::default(), mapper)
+    .shutdown_on_signal()
+    .run(
+        |item, ctx: Arc<Context<S>>| async move {
+            let key = format!(
+                "{}/{}",
+                item.namespace().unwrap_or_default(),
+                item.name_any()
+            );
+            let action = vault_item::reconcile(item, ctx.clone()).await?;
+            ctx.succeeded(&key);
+            Ok(action)
+        },
+        error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| futures::future::ready(()));
+
+    let sections = Controller::new(
+        scoped::<VaultSection>(&client, watch_namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .shutdown_on_signal()
+    .run(vault_section::reconcile, error_policy, ctx.clone())
+    .for_each(|_| futures::future::ready(()));
+
+    tokio::select! {
+        () = async { tokio::join!(items, sections); } => {},
+        () = monitor_cache => tracing::error!("the monitor cache stopped"),
+    }
+}
+
+pub(crate) fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}

@@ -1,0 +1,333 @@
+//! Ingest: a `VaultItem`'s sealed values, opened and re-encrypted under its environment's
+//! current data key into the store. Status says whether that worked, and which monitors
+//! use the item.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{Context, Error, FIELD_MANAGER, now};
+use crate::api::SECRET_MASK;
+use crate::api::condition::{ConditionStatus, READY, new_condition, set_condition};
+use crate::api::vault_item::{FileInfo, SecretField, VaultItem, VaultItemSpec, VaultItemStatus};
+use crate::crypto::{ItemBinding, SealBinding};
+use crate::runner::template::referenced_items;
+use crate::store::{ItemKey, ItemRecord, Store};
+
+pub const FINALIZER: &str = "monivault.io/store-record";
+
+/// How often a Ready item is looked at again even if nothing changed: catches a record
+/// removed behind the controller's back.
+const RESYNC: Duration = Duration::from_secs(600);
+
+pub async fn reconcile<S: Store>(
+    item: Arc<VaultItem>,
+    ctx: Arc<Context<S>>,
+) -> Result<Action, Error> {
+    let namespace = item
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<VaultItem> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, item, |event| async {
+        match event {
+            Finalizer::Apply(item) => apply(&item, &ctx, &namespace).await,
+            Finalizer::Cleanup(item) => cleanup(&item, &ctx, &namespace).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Why an item is not Ready. The messages name fields and reasons, never values.
+struct NotReady {
+    reason: &'static str,
+    message: String,
+}
+
+async fn apply<S: Store>(
+    item: &VaultItem,
+    ctx: &Context<S>,
+    namespace: &str,
+) -> Result<Action, Error> {
+    let name = item.name_any();
+    let uid = item.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let key = ItemKey {
+        namespace: namespace.to_owned(),
+        name: name.clone(),
+    };
+    let digest = source_digest(&uid, &item.spec);
+    // usedBy is computed from the monitor cache, so wait for its first full list.
+    ctx.monitors
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheClosed)?;
+    let existing = ctx.keys.store().record(&key).await?;
+    let previous = item.status.clone().unwrap_or_default();
+
+    let mut status = VaultItemStatus {
+        conditions: previous.conditions.clone(),
+        used_by: used_by(ctx, namespace, &name),
+        observed_generation: item.metadata.generation,
+        certificate: previous.certificate.clone(),
+        ..VaultItemStatus::default()
+    };
+
+    let outcome = match &existing {
+        Some(record) if record.value.uid == uid && record.value.source_digest == digest => {
+            status.changed_at = previous.changed_at.clone();
+            status.file = previous.file.clone();
+            Ok(record.value.key_version)
+        }
+        _ => {
+            let stored = ingest(
+                item,
+                ctx,
+                namespace,
+                &uid,
+                &digest,
+                existing.map(|r| r.resource_version),
+            )
+            .await?;
+            stored.map(|(version, file)| {
+                status.changed_at = Some(now());
+                status.file = file;
+                version
+            })
+        }
+    };
+
+    let ready = match outcome {
+        Ok(version) => {
+            status.secret = Some(SECRET_MASK.to_owned());
+            status.key_version = Some(version);
+            new_condition(
+                READY,
+                ConditionStatus::True,
+                "Stored",
+                format!(
+                    "every write-only value is encrypted in the store under data key version {version}"
+                ),
+                item.metadata.generation,
+                now(),
+            )
+        }
+        Err(not_ready) => {
+            // What was stored before (if anything) is still there and still usable.
+            status.secret = previous.secret.clone();
+            status.key_version = previous.key_version;
+            status.changed_at = previous.changed_at.clone();
+            publish_warning(ctx, item, not_ready.reason, &not_ready.message).await;
+            new_condition(
+                READY,
+                ConditionStatus::False,
+                not_ready.reason,
+                not_ready.message,
+                item.metadata.generation,
+                now(),
+            )
+        }
+    };
+    set_condition(&mut status.conditions, ready);
+
+    if item.status.as_ref() != Some(&status) {
+        let api: Api<VaultItem> = Api::namespaced(ctx.client.clone(), namespace);
+        let patch = json!({
+            "apiVersion": "monivault.io/v1alpha1",
+            "kind": "VaultItem",
+            "status": status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::Kube)?;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Opens every sealed value and writes the record. `Ok(Err(..))` is a problem with the
+/// item itself (it stays not Ready until changed); `Err(..)` is worth a retry.
+async fn ingest<S: Store>(
+    item: &VaultItem,
+    ctx: &Context<S>,
+    namespace: &str,
+    uid: &str,
+    digest: &str,
+    expected: Option<String>,
+) -> Result<Result<(u32, Option<FileInfo>), NotReady>, Error> {
+    let name = item.name_any();
+    let keyring = ctx.keys.ensure_environment(namespace).await?;
+    let root = ctx.keys.root_for(&keyring).await?;
+    let cipher = keyring.current_data_cipher(&root, namespace)?;
+
+    let mut fields = BTreeMap::new();
+    let mut file = None;
+    for &field in item.spec.secret_fields() {
+        let Some(sealed) = item.spec.sealed_value(field) else {
+            if field.is_required() {
+                return Ok(Err(NotReady {
+                    reason: "SealedValueMissing",
+                    message: format!("{} is not set", sealed_name(field)),
+                }));
+            }
+            continue;
+        };
+        let binding = SealBinding {
+            namespace,
+            item: &name,
+            field: field.as_str(),
+        };
+        let plaintext = match keyring.open_sealed(&root, &binding, sealed) {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(Err(NotReady {
+                    reason: "SealedValueInvalid",
+                    message: format!("{}: {e}", sealed_name(field)),
+                }));
+            }
+        };
+        if field == SecretField::Content {
+            match base64::engine::general_purpose::STANDARD.decode(plaintext.expose()) {
+                Ok(bytes) => {
+                    let bytes = zeroize::Zeroizing::new(bytes);
+                    file = item.spec.file.as_ref().map(|f| FileInfo {
+                        name: f.name.clone(),
+                        size: bytes.len() as u64,
+                    });
+                }
+                Err(_) => {
+                    return Ok(Err(NotReady {
+                        reason: "ContentNotBase64",
+                        message: "file.content is not base64".to_owned(),
+                    }));
+                }
+            }
+        }
+        let item_binding = ItemBinding {
+            namespace,
+            item: &name,
+            uid,
+            field: field.as_str(),
+        };
+        fields.insert(
+            field.as_str().to_owned(),
+            cipher.encrypt(&item_binding, plaintext.expose())?,
+        );
+    }
+
+    let record = ItemRecord {
+        uid: uid.to_owned(),
+        key_version: cipher.version(),
+        fields,
+        source_digest: digest.to_owned(),
+        generation: item.metadata.generation,
+    };
+    let key = ItemKey {
+        namespace: namespace.to_owned(),
+        name: name.clone(),
+    };
+    ctx.keys
+        .store()
+        .put_record(&key, &record, expected.as_deref())
+        .await?;
+    tracing::info!(%key, key_version = cipher.version(), "stored item");
+    Ok(Ok((cipher.version(), file)))
+}
+
+async fn cleanup<S: Store>(
+    item: &VaultItem,
+    ctx: &Context<S>,
+    namespace: &str,
+) -> Result<Action, Error> {
+    let key = ItemKey {
+        namespace: namespace.to_owned(),
+        name: item.name_any(),
+    };
+    // Only the record of this very item: a newer item of the same name may own it already.
+    if let Some(record) = ctx.keys.store().record(&key).await?
+        && Some(record.value.uid.as_str()) == item.uid().as_deref()
+    {
+        ctx.keys
+            .store()
+            .delete_record(&key, &record.resource_version)
+            .await?;
+        tracing::info!(%key, "deleted item record");
+    }
+    Ok(Action::await_change())
+}
+
+/// Identifies the sealed inputs a record was made from, so an unchanged item is not
+/// ingested again. Sealed values are ciphertext, so hashing them reveals nothing.
+fn source_digest(uid: &str, spec: &VaultItemSpec) -> String {
+    let mut hash = Sha256::new();
+    hash.update(uid.as_bytes());
+    for &field in spec.secret_fields() {
+        hash.update([0u8]);
+        hash.update(field.as_str().as_bytes());
+        hash.update([0u8]);
+        hash.update(spec.sealed_value(field).unwrap_or_default().as_bytes());
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Monitors in the namespace that reference the item, sorted.
+fn used_by<S>(ctx: &Context<S>, namespace: &str, item: &str) -> Vec<String> {
+    let mut names: Vec<String> = ctx
+        .monitors
+        .state()
+        .iter()
+        .filter(|m| m.namespace().as_deref() == Some(namespace))
+        .filter(|m| referenced_items(&m.spec).is_ok_and(|items| items.contains(item)))
+        .map(|m| m.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn publish_warning<S>(ctx: &Context<S>, item: &VaultItem, reason: &str, note: &str) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.to_owned(),
+        note: Some(note.to_owned()),
+        action: "Ingest".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &item.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+fn sealed_name(field: SecretField) -> String {
+    format!("sealed.{}", field.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_changes_with_any_sealed_value_or_uid() {
+        let spec: VaultItemSpec = serde_json::from_value(json!({
+            "type": "Secret", "section": "s", "secret": {"value": "*****"},
+            "sealed": {"value": "mv1.s.1.AAAA"}
+        }))
+        .expect("spec");
+        let mut other = spec.clone();
+        other.set_sealed(SecretField::Value, "mv1.s.1.AAAB".into());
+        let a = source_digest("uid-1", &spec);
+        assert_eq!(a, source_digest("uid-1", &spec));
+        assert_ne!(a, source_digest("uid-2", &spec));
+        assert_ne!(a, source_digest("uid-1", &other));
+    }
+}

@@ -1,0 +1,145 @@
+//! The internal store: the root keys, the keyring and one record per item, kept in
+//! Secrets in the operator's own namespace, where users have no RBAC. It rides on the API
+//! server and etcd, so the operator needs no volume and runs several replicas.
+//!
+//! It owns persistence only, behind the small [`Store`] trait: [`SecretStore`] is the real
+//! one, [`MemoryStore`] a stand-in for unit tests. The layout is in [`layout`].
+//!
+//! Every write is guarded by the object's resourceVersion, so racing replicas and crashed
+//! rotations cannot lose an update: a write names the version it read, and the loser of a
+//! race gets [`StoreError::Conflict`], re-reads and retries ([`update_keyring`] does that
+//! loop for the keyring). The one unguarded write is the create of a new object, which
+//! fails with a Conflict if the object already exists.
+//!
+//! What it must never do:
+//! - decrypt anything: records hold ciphertext and the keyring wrapped keys; both are
+//!   opaque here, and the root keys are only carried, never used;
+//! - log, or put in an error, the contents of a record or a root key: errors name the
+//!   object and what was wrong with it, never the bytes; `Debug` of [`RootKeySet`] shows
+//!   versions and of [`ItemRecord`] field names;
+//! - write without a resourceVersion precondition, except to create a new object.
+
+mod error;
+pub mod layout;
+mod memory;
+mod record;
+mod root_keys;
+mod secrets;
+
+use std::future::Future;
+
+pub use error::StoreError;
+pub use memory::MemoryStore;
+pub use record::{ItemKey, ItemRecord};
+pub use root_keys::RootKeySet;
+pub use secrets::SecretStore;
+
+use crate::crypto::Keyring;
+
+/// A stored value and the resourceVersion it was read at: pass that version back as
+/// `expected` to replace the value only if nobody changed it since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub resource_version: String,
+}
+
+/// Persistence of the keyring, root keys and item records, by compare-and-swap.
+///
+/// Writes take `expected`: `None` creates the object (a [`StoreError::Conflict`] if it
+/// already exists); `Some(rv)` replaces it only while it is still at `rv` (a Conflict if
+/// it changed or is gone). They return the new resourceVersion.
+pub trait Store: Send + Sync + 'static {
+    fn root_keys(
+        &self,
+    ) -> impl Future<Output = Result<Option<Versioned<RootKeySet>>, StoreError>> + Send;
+
+    fn put_root_keys(
+        &self,
+        keys: &RootKeySet,
+        expected: Option<&str>,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    fn keyring(
+        &self,
+    ) -> impl Future<Output = Result<Option<Versioned<Keyring>>, StoreError>> + Send;
+
+    fn put_keyring(
+        &self,
+        keyring: &Keyring,
+        expected: Option<&str>,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    fn record(
+        &self,
+        key: &ItemKey,
+    ) -> impl Future<Output = Result<Option<Versioned<ItemRecord>>, StoreError>> + Send;
+
+    fn put_record(
+        &self,
+        key: &ItemKey,
+        record: &ItemRecord,
+        expected: Option<&str>,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Deletes the record only while it is still at `expected` (a Conflict otherwise);
+    /// `Ok(false)` if it is already gone. The version is required, so a delete always
+    /// follows a read that checked the record is the one to go (e.g. its uid).
+    fn delete_record(
+        &self,
+        key: &ItemKey,
+        expected: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every record, sorted by key. One consistent snapshot; fails as a whole on the
+    /// first corrupt record rather than hide it (key retirement needs the full list).
+    fn list_records(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(ItemKey, Versioned<ItemRecord>)>, StoreError>> + Send;
+}
+
+/// How many times [`update_keyring`] re-reads after losing a race before it gives up.
+/// Each round has a winner, so this many writers racing at once all get through.
+pub const KEYRING_UPDATE_ATTEMPTS: u32 = 10;
+
+/// Changes the stored keyring by compare-and-swap: reads it, applies `change` to a copy,
+/// and writes the copy back at the version it read. On a [`StoreError::Conflict`] it
+/// starts over from a fresh read, so `change` may run several times and must decide from
+/// the keyring it is given (e.g. [`Keyring::ensure_environment`], which is a no-op when
+/// the keys exist). Racing callers therefore agree on one result.
+///
+/// `change` returns whether it changed anything; when it did not, nothing is written.
+/// Returns the keyring as stored afterwards. Errors from `change` end the loop at once;
+/// store errors reach the caller through `E: From<StoreError>`. A missing keyring is a
+/// [`StoreError::NotFound`]: it is created once, at bootstrap, with
+/// [`Store::put_keyring`] and `expected = None`.
+pub async fn update_keyring<S, F, E>(store: &S, mut change: F) -> Result<Keyring, E>
+where
+    S: Store,
+    F: FnMut(&mut Keyring) -> Result<bool, E>,
+    E: From<StoreError>,
+{
+    for attempt in 1..=KEYRING_UPDATE_ATTEMPTS {
+        let current = store.keyring().await?.ok_or_else(|| StoreError::NotFound {
+            what: "the keyring".into(),
+        })?;
+        let mut next = current.value.clone();
+        if !change(&mut next)? {
+            return Ok(current.value);
+        }
+        match store
+            .put_keyring(&next, Some(&current.resource_version))
+            .await
+        {
+            Ok(_) => return Ok(next),
+            Err(e) if e.is_conflict() => {
+                tracing::debug!(attempt, "keyring changed underneath; re-reading");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Conflict {
+        what: format!("the keyring (gave up after {KEYRING_UPDATE_ATTEMPTS} attempts)"),
+    }
+    .into())
+}

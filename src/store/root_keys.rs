@@ -1,0 +1,162 @@
+//! The root key Secret's content: every root key version the installation still needs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+use super::StoreError;
+use crate::crypto::RootKey;
+
+/// Root key bytes, wiped when dropped.
+pub(crate) type RootKeyBytes = Zeroizing<[u8; 32]>;
+
+/// The root keys by version, and which one new keyrings are wrapped under.
+///
+/// Several versions live side by side during a rotation: the new key is stored first,
+/// the keyring is re-wrapped under it, and only then is the old one removed, so a crash
+/// at any step leaves a key that opens the stored keyring. The keyring itself names the
+/// version that opens it ([`crate::crypto::Keyring::root_key_version`]).
+///
+/// Invariant: `current` is always one of the stored versions. Not `Clone`, so the bytes
+/// are not copied by accident; `Debug` prints versions only.
+pub struct RootKeySet {
+    current: u32,
+    keys: BTreeMap<u32, RootKeyBytes>,
+}
+
+impl RootKeySet {
+    /// A set holding `first`, which is current.
+    pub fn new(first: RootKey) -> Self {
+        let current = first.version();
+        RootKeySet {
+            current,
+            keys: BTreeMap::from([(current, Zeroizing::new(*first.expose_bytes()))]),
+        }
+    }
+
+    /// Builds a set from parsed Secret data; the caller has checked that `current` is in
+    /// `keys` and that `keys` is not empty.
+    pub(crate) fn from_parts(current: u32, keys: BTreeMap<u32, RootKeyBytes>) -> Self {
+        RootKeySet { current, keys }
+    }
+
+    pub(crate) fn raw_keys(&self) -> impl Iterator<Item = (u32, &[u8; 32])> {
+        self.keys.iter().map(|(v, k)| (*v, &**k))
+    }
+
+    /// The version new keyrings are wrapped under.
+    pub fn current(&self) -> u32 {
+        self.current
+    }
+
+    pub fn current_key(&self) -> Result<RootKey, StoreError> {
+        self.key(self.current)
+    }
+
+    pub fn key(&self, version: u32) -> Result<RootKey, StoreError> {
+        let bytes = self
+            .keys
+            .get(&version)
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("root key version {version}"),
+            })?;
+        // Cannot fail: the buffer is exactly 32 bytes.
+        RootKey::from_bytes(version, bytes.as_ref())
+            .map_err(|e| StoreError::corrupt(format!("root key version {version}"), e.to_string()))
+    }
+
+    /// Adds `key` without making it current. Adding the same key again is a no-op
+    /// (`Ok(false)`), so a retried rotation step is harmless; adding *different* bytes
+    /// under a stored version is refused, because that would lose the stored key.
+    pub fn insert(&mut self, key: RootKey) -> Result<bool, StoreError> {
+        let version = key.version();
+        match self.keys.get(&version) {
+            Some(existing) if **existing == *key.expose_bytes() => Ok(false),
+            Some(_) => Err(StoreError::Invalid {
+                what: format!("root key version {version}"),
+                reason: "a different key is already stored under this version".into(),
+            }),
+            None => {
+                self.keys
+                    .insert(version, Zeroizing::new(*key.expose_bytes()));
+                Ok(true)
+            }
+        }
+    }
+
+    /// Makes a stored version current.
+    pub fn set_current(&mut self, version: u32) -> Result<(), StoreError> {
+        if !self.keys.contains_key(&version) {
+            return Err(StoreError::NotFound {
+                what: format!("root key version {version}"),
+            });
+        }
+        self.current = version;
+        Ok(())
+    }
+
+    /// Destroys a version; `Ok(false)` if it was not there. The current version cannot be
+    /// removed. The caller must first make sure the stored keyring is not wrapped under it.
+    pub fn remove(&mut self, version: u32) -> Result<bool, StoreError> {
+        if version == self.current {
+            return Err(StoreError::Invalid {
+                what: format!("root key version {version}"),
+                reason: "it is the current root key and cannot be removed".into(),
+            });
+        }
+        Ok(self.keys.remove(&version).is_some())
+    }
+
+    /// The stored versions, ascending.
+    pub fn versions(&self) -> Vec<u32> {
+        self.keys.keys().copied().collect()
+    }
+}
+
+impl fmt::Debug for RootKeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RootKeySet")
+            .field("current", &self.current)
+            .field("versions", &self.versions())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(version: u32, byte: u8) -> RootKey {
+        RootKey::from_bytes(version, &[byte; 32]).expect("key")
+    }
+
+    #[test]
+    fn rotation_steps_keep_current_present() {
+        let mut set = RootKeySet::new(key(1, 1));
+        assert_eq!(set.current(), 1);
+        assert!(set.insert(key(2, 2)).expect("insert"), "added");
+        assert!(!set.insert(key(2, 2)).expect("re-insert"), "idempotent");
+        assert!(set.insert(key(2, 3)).is_err(), "different bytes under v2");
+        assert_eq!(set.current(), 1, "insert does not switch");
+        assert!(set.remove(1).is_err(), "current cannot go");
+        set.set_current(2).expect("switch");
+        assert!(set.set_current(9).is_err());
+        assert!(set.remove(1).expect("remove"), "removed");
+        assert!(!set.remove(1).expect("again"), "already gone");
+        assert_eq!(set.versions(), vec![2]);
+        assert_eq!(
+            set.current_key().expect("current").expose_bytes(),
+            &[2u8; 32]
+        );
+        assert!(matches!(set.key(1), Err(StoreError::NotFound { .. })));
+    }
+
+    #[test]
+    fn debug_prints_versions_only() {
+        let mut set = RootKeySet::new(key(1, 0xAB));
+        set.insert(key(2, 0xCD)).expect("insert");
+        let debug = format!("{set:?}");
+        assert_eq!(debug, "RootKeySet { current: 1, versions: [1, 2] }");
+    }
+}

@@ -1,0 +1,233 @@
+//! The real [`Store`]: Secrets in the operator's namespace, through the API server.
+//!
+//! Creates are POSTs (a 409 AlreadyExists is a Conflict), replaces are PUTs carrying the
+//! expected `metadata.resourceVersion` (a 409 Conflict or a 404 is a Conflict), deletes
+//! carry a resourceVersion precondition. The operator needs `get`, `list`, `create`,
+//! `update` and `delete` on Secrets in its own namespace, and nothing elsewhere.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::{Client, Error as KubeError};
+
+use super::layout::{self, KEYRING_SECRET, ROOT_KEY_SECRET, WipeOnDrop};
+use super::{ItemKey, ItemRecord, RootKeySet, Store, StoreError, Versioned};
+use crate::crypto::Keyring;
+
+/// Records per list page: 10,000 records arrive in 20 responses, not one huge one.
+pub const DEFAULT_PAGE_SIZE: u32 = 500;
+
+const FIELD_MANAGER: &str = "monivault";
+
+/// The store on the API server. Cheap to clone; clones share the client.
+#[derive(Clone)]
+pub struct SecretStore {
+    api: Api<Secret>,
+    namespace: String,
+    page_size: u32,
+}
+
+impl std::fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretStore")
+            .field("namespace", &self.namespace)
+            .field("page_size", &self.page_size)
+            .finish()
+    }
+}
+
+impl SecretStore {
+    /// The store in `namespace`, the operator's own.
+    pub fn new(client: Client, namespace: impl Into<String>) -> Self {
+        let namespace = namespace.into();
+        SecretStore {
+            api: Api::namespaced(client, &namespace),
+            namespace,
+            page_size: DEFAULT_PAGE_SIZE,
+        }
+    }
+
+    /// Lists records `page_size` at a time (at least 1); tests use small pages to cover
+    /// the continue tokens.
+    pub fn with_page_size(mut self, page_size: u32) -> Self {
+        self.page_size = page_size.max(1);
+        self
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+        self.api
+            .get_opt(name)
+            .await
+            .map_err(|source| kube_error(layout::secret_what(name), source))
+    }
+
+    /// POST when `expected` is `None`, else PUT at `expected`.
+    async fn put(
+        &self,
+        what: String,
+        secret: &mut Secret,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        let written = match expected {
+            None => self.api.create(&params, secret).await,
+            Some(rv) => {
+                secret.metadata.resource_version = Some(rv.to_owned());
+                let name = secret.metadata.name.clone().unwrap_or_default();
+                self.api.replace(&name, &params, secret).await
+            }
+        };
+        let written = match written {
+            Ok(written) => WipeOnDrop(written),
+            // Replacing an object that is gone: it is not at `expected` any more.
+            Err(e) if is_status(&e, 409) || (expected.is_some() && is_status(&e, 404)) => {
+                return Err(StoreError::Conflict { what });
+            }
+            Err(source) => return Err(kube_error(what, source)),
+        };
+        tracing::debug!(object = %what, created = expected.is_none(), "store write");
+        layout::resource_version(&written.0, &what)
+    }
+}
+
+fn is_status(error: &KubeError, code: u16) -> bool {
+    matches!(error, KubeError::Api(status) if status.code == code)
+}
+
+fn kube_error(what: String, source: KubeError) -> StoreError {
+    StoreError::Kube { what, source }
+}
+
+fn versioned<T>(
+    secret: &Secret,
+    what: &str,
+    parse: impl FnOnce(&Secret) -> Result<T, StoreError>,
+) -> Result<Versioned<T>, StoreError> {
+    Ok(Versioned {
+        value: parse(secret)?,
+        resource_version: layout::resource_version(secret, what)?,
+    })
+}
+
+impl Store for SecretStore {
+    async fn root_keys(&self) -> Result<Option<Versioned<RootKeySet>>, StoreError> {
+        let Some(secret) = self.get(ROOT_KEY_SECRET).await?.map(WipeOnDrop) else {
+            return Ok(None);
+        };
+        let what = layout::secret_what(ROOT_KEY_SECRET);
+        versioned(&secret.0, &what, layout::parse_root_keys).map(Some)
+    }
+
+    async fn put_root_keys(
+        &self,
+        keys: &RootKeySet,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        // Both the request and the response are wiped when dropped.
+        let mut secret = layout::root_key_secret(keys)?;
+        self.put(
+            layout::secret_what(ROOT_KEY_SECRET),
+            &mut secret.0,
+            expected,
+        )
+        .await
+    }
+
+    async fn keyring(&self) -> Result<Option<Versioned<Keyring>>, StoreError> {
+        let what = layout::secret_what(KEYRING_SECRET);
+        self.get(KEYRING_SECRET)
+            .await?
+            .map(|secret| versioned(&secret, &what, layout::parse_keyring))
+            .transpose()
+    }
+
+    async fn put_keyring(
+        &self,
+        keyring: &Keyring,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let mut secret = layout::keyring_secret(keyring)?;
+        self.put(layout::secret_what(KEYRING_SECRET), &mut secret, expected)
+            .await
+    }
+
+    async fn record(&self, key: &ItemKey) -> Result<Option<Versioned<ItemRecord>>, StoreError> {
+        let what = layout::record_what(key);
+        self.get(&layout::record_secret_name(key))
+            .await?
+            .map(|secret| versioned(&secret, &what, |s| Ok(layout::parse_record(s)?.1)))
+            .transpose()
+    }
+
+    async fn put_record(
+        &self,
+        key: &ItemKey,
+        record: &ItemRecord,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let mut secret = layout::record_secret(key, record)?;
+        self.put(layout::record_what(key), &mut secret, expected)
+            .await
+    }
+
+    async fn delete_record(&self, key: &ItemKey, expected: &str) -> Result<bool, StoreError> {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: Some(expected.to_owned()),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self
+            .api
+            .delete(&layout::record_secret_name(key), &params)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(false),
+            Err(e) if is_status(&e, 409) => Err(StoreError::Conflict {
+                what: layout::record_what(key),
+            }),
+            Err(source) => Err(kube_error(layout::record_what(key), source)),
+        }
+    }
+
+    async fn list_records(&self) -> Result<Vec<(ItemKey, Versioned<ItemRecord>)>, StoreError> {
+        let what = || format!("record Secrets in {}", self.namespace);
+        let mut params = ListParams::default()
+            .labels(&layout::record_selector())
+            .limit(self.page_size);
+        let mut records = Vec::new();
+        loop {
+            let page = self
+                .api
+                .list(&params)
+                .await
+                .map_err(|source| kube_error(what(), source))?;
+            for secret in &page.items {
+                let (key, value) = layout::parse_record(secret)?;
+                let resource_version =
+                    layout::resource_version(secret, &layout::record_what(&key))?;
+                records.push((
+                    key,
+                    Versioned {
+                        value,
+                        resource_version,
+                    },
+                ));
+            }
+            match page.metadata.continue_.filter(|token| !token.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(records)
+    }
+}
