@@ -26,7 +26,9 @@ fn bench(c: &mut Criterion) {
         .current_data_cipher(&root, "team-a")
         .expect("cipher");
     let opener = keyring.sealing_opener(&root, "team-a", 1).expect("opener");
-    let public_key = keyring.sealing_public_key("team-a").expect("public key");
+    let public_key = keyring
+        .sealing_public_key(&root, "team-a")
+        .expect("public key");
     let item = ItemBinding {
         namespace: "team-a",
         item: "shop-login",

@@ -6,7 +6,8 @@
 //! - [`runner`]: monitor checks, templating and scrubbing;
 //! - [`store`]: the internal store: root keys, keyring and item records in Secrets, by
 //!   compare-and-swap;
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logging, metrics and the operations HTTP server (`/metrics`, `/healthz`,
+//!   `/readyz`).
 
 pub mod api;
 pub mod controller;

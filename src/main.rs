@@ -4,13 +4,17 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use monivault::api::{self, SecretField};
-use monivault::controller::{self, keys::Keys};
+use monivault::controller::{self, keys::Keys, leader};
 use monivault::crypto::{self, Plaintext, SealBinding, SealingPublicKey};
 use monivault::store::SecretStore;
+use monivault::telemetry::server::{self, Readiness};
+use monivault::telemetry::{self, Metrics};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -32,6 +36,9 @@ enum Command {
     /// command line, which other users can see in the process list) and prints the
     /// `mv1.s.…` string to put under `spec.sealed.<field>`.
     Seal(SealArgs),
+    /// Rotate a key now: root-key, or an environment's data-key or sealing-key. Safe
+    /// beside a running operator; re-run with the same --requested-at after a crash.
+    Rotate(controller::rotation::RotateArgs),
 }
 
 #[derive(clap::Args)]
@@ -42,9 +49,21 @@ struct RunArgs {
     /// Act on this namespace only (default: every namespace).
     #[arg(long, env = "MONIVAULT_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
-    /// This replica's name, for Events (the pod name in a cluster).
-    #[arg(long, env = "POD_NAME", default_value = "monivault")]
+    /// This replica's name, for Events and the leader Lease (the pod name in a cluster;
+    /// must differ between replicas). Default: the host name and process id.
+    #[arg(long, env = "POD_NAME", default_value_t = default_instance())]
     instance: String,
+    /// Where to serve /metrics, /healthz and /readyz (port 0: any free port, logged).
+    #[arg(long, env = "MONIVAULT_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// How long the leader Lease holds without renewal, in seconds.
+    #[arg(long, env = "MONIVAULT_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// How often the leader renews the Lease, in seconds; less than the duration.
+    #[arg(long, env = "MONIVAULT_LEASE_RENEW_SECONDS", default_value_t = 5)]
+    lease_renew_seconds: u64,
+    #[command(flatten)]
+    rotation: controller::rotation::RotationArgs,
 }
 
 #[derive(clap::Args)]
@@ -90,6 +109,20 @@ enum CliError {
     Keys(#[from] monivault::controller::keys::KeyError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("{0}")]
+    Rotation(#[from] controller::rotation::RotationError),
+    #[error("{0}")]
+    Server(#[from] monivault::telemetry::server::ServerError),
+    #[error("{0}")]
+    Leader(#[from] leader::LeaderError),
+}
+
+/// Unique per process, so replicas started without `POD_NAME` never share a Lease identity.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "monivault".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 fn parse_field(s: &str) -> Result<SecretField, String> {
@@ -109,6 +142,7 @@ fn main() -> ExitCode {
         Command::Crds => print_crds(),
         Command::Run(args) => run(args),
         Command::Seal(args) => seal(&args),
+        Command::Rotate(args) => rotate(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,11 +156,86 @@ fn main() -> ExitCode {
 fn run(args: RunArgs) -> Result<(), CliError> {
     let runtime = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
     runtime.block_on(async {
+        // Every part registers its metric families here, before the server shares it.
+        let mut registry = telemetry::metrics::registry();
+        let metrics = Arc::new(Metrics::new(&mut registry));
+        let rotation_metrics = Arc::new(controller::rotation::RotationMetrics::new(&mut registry));
+        let readiness = Readiness::default();
+        server::start(args.metrics_addr, Arc::new(registry), readiness.clone()).await?;
+
         let client = kube::Client::try_default().await.map_err(CliError::Kube)?;
         let store = Arc::new(SecretStore::new(client.clone(), &args.namespace));
         let keys = Arc::new(Keys::bootstrap(store).await?);
-        tracing::info!(namespace = %args.namespace, "monivault controller started");
-        controller::run(client, keys, args.watch_namespace, args.instance).await;
+        readiness.set_ready();
+        tracing::info!(namespace = %args.namespace, "monivault started");
+
+        let lease = leader::LeaseSettings {
+            namespace: args.namespace.clone(),
+            identity: args.instance.clone(),
+            duration: Duration::from_secs(args.lease_duration_seconds),
+            renew_every: Duration::from_secs(args.lease_renew_seconds),
+        };
+        let mut election = leader::elect(client.clone(), lease, metrics.clone()).await?;
+        let mut leadership = election.leadership();
+        let lead = async {
+            // A follower waits here; once leader, the controller handles shutdown signals.
+            tokio::select! {
+                acquired = leadership.acquired() => acquired?,
+                () = shutdown_signal() => return Ok(()),
+            }
+            // Key rotation runs on the leader only, beside the controller.
+            let rotation = controller::rotation::run_rotation_loop(
+                client.clone(),
+                keys.clone(),
+                args.watch_namespace.clone(),
+                args.rotation.config(),
+                controller::rotation::Reporting::new(
+                    client.clone(),
+                    args.instance.clone(),
+                    Some(rotation_metrics),
+                ),
+            );
+            tokio::select! {
+                () = controller::run(client, keys, args.watch_namespace, args.instance, metrics) => {},
+                () = rotation => {},
+            }
+            Ok::<(), leader::LeaderError>(())
+        };
+        tokio::select! {
+            done = lead => done?,
+            lost = election.lost() => {
+                tracing::error!(error = %lost, "exiting: this replica no longer holds the leader lease");
+                return Err(lost.into());
+            }
+        }
+        election.release().await;
+        Ok(())
+    })
+}
+
+/// SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn rotate(args: &controller::rotation::RotateArgs) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default().await.map_err(CliError::Kube)?;
+        for line in controller::rotation::rotate_command(client, args).await? {
+            println!("{line}");
+        }
         Ok(())
     })
 }

@@ -4,138 +4,14 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::{Client, ResourceExt};
 use monivault::api::condition::{READY, find_condition};
 use monivault::api::vault_item::VaultItem;
-use monivault::api::vault_section::VaultSection;
 use monivault::crypto::{ItemBinding, SealBinding, SealingPublicKey, seal};
 use monivault::store::{ItemKey, SecretStore, Store};
-use support::{Cluster, cluster};
-
-/// A `monivault run` process scoped to one test: its own store namespace, watching only
-/// the test's namespace. Killed on drop.
-struct Operator {
-    child: Child,
-}
-
-impl Operator {
-    fn start(c: &Cluster, store_ns: &str, watch_ns: &str) -> Operator {
-        let child = Command::new(env!("CARGO_BIN_EXE_monivault"))
-            .args([
-                "run",
-                "--namespace",
-                store_ns,
-                "--watch-namespace",
-                watch_ns,
-            ])
-            .env("KUBECONFIG", c.var("KUBECONFIG"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start monivault run");
-        Operator { child }
-    }
-
-    fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..300 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-async fn section_public_key(client: &Client, ns: &str) -> SealingPublicKey {
-    let sections: Api<VaultSection> = Api::namespaced(client.clone(), ns);
-    let section: VaultSection = serde_json::from_value(serde_json::json!({
-        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultSection",
-        "metadata": {"name": "checkout"}, "spec": {"description": "the shop"}
-    }))
-    .expect("section");
-    sections
-        .create(&PostParams::default(), &section)
-        .await
-        .expect("create section");
-    let text = eventually("the section's sealing public key", || async {
-        sections
-            .get("checkout")
-            .await
-            .ok()?
-            .status?
-            .sealing_public_key
-    })
-    .await;
-    SealingPublicKey::parse(&text).expect("published key parses")
-}
-
-fn credential_set(name: &str, sealed_password: &str) -> VaultItem {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
-        "metadata": {"name": name},
-        "spec": {
-            "type": "CredentialSet", "section": "checkout",
-            "allowedHosts": ["shop.example.com"],
-            "credentialSet": {"username": "synthetic-bot", "password": "*****"},
-            "sealed": {"password": sealed_password}
-        }
-    }))
-    .expect("item")
-}
-
-async fn ready_condition(items: &Api<VaultItem>, name: &str, want: &str) -> VaultItem {
-    eventually(&format!("{name} Ready={want}"), || async {
-        let item = items.get(name).await.ok()?;
-        let status = item.status.as_ref()?;
-        let ready = find_condition(&status.conditions, READY)?;
-        (ready.status == want && status.observed_generation == item.metadata.generation)
-            .then_some(item.clone())
-    })
-    .await
-}
-
-/// Searches every value in etcd for the plaintext and its base64 form.
-fn assert_not_in_etcd(c: &Cluster, plaintext: &str) {
-    use base64::Engine as _;
-    let out = Command::new(c.var("MONIVAULT_ETCDCTL"))
-        .args([
-            "--endpoints",
-            c.var("ETCDCTL_ENDPOINTS"),
-            "get",
-            "--prefix",
-            "",
-        ])
-        .output()
-        .expect("run etcdctl");
-    assert!(out.status.success(), "etcdctl: {}", support::stderr(&out));
-    assert!(out.stdout.len() > 1000, "etcdctl returned almost nothing");
-    let dump = String::from_utf8_lossy(&out.stdout);
-    let b64 = base64::engine::general_purpose::STANDARD.encode(plaintext);
-    assert!(!dump.contains(plaintext), "the plaintext is in etcd");
-    assert!(!dump.contains(&b64), "the plaintext's base64 is in etcd");
-}
+use support::{Operator, cluster, credential_set, eventually, ready_condition, section_public_key};
 
 #[tokio::test]
 async fn a_sealed_item_becomes_ready_and_only_the_root_key_opens_its_record() {
@@ -207,7 +83,7 @@ async fn a_sealed_item_becomes_ready_and_only_the_root_key_opens_its_record() {
         )
         .expect("record opens");
     assert_eq!(opened.expose(), plaintext.as_bytes());
-    assert_not_in_etcd(c, plaintext);
+    c.assert_not_in_etcd(&[plaintext]);
 
     // Deleting the item deletes its record.
     items
@@ -291,7 +167,7 @@ async fn a_sealed_value_for_another_item_leaves_it_not_ready_with_an_event() {
         .expect("replace");
     ready_condition(&items, "shop-login", "True").await;
     assert!(operator.is_running(), "the operator died");
-    assert_not_in_etcd(c, plaintext);
+    c.assert_not_in_etcd(&[plaintext]);
 }
 
 #[tokio::test]
@@ -317,21 +193,8 @@ async fn an_operator_without_its_root_key_refuses_to_start() {
         .expect("delete the root key Secret");
 
     let mut second = Operator::start(c, &store_ns, &ns);
-    let status = eventually("the operator to exit", || {
-        let exited = second.child.try_wait().ok().flatten();
-        async move { exited }
-    })
-    .await;
+    let (status, stderr) = second.exited().await;
     assert!(!status.success());
-    let mut stderr = String::new();
-    use std::io::Read;
-    second
-        .child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
     assert!(stderr.contains("refusing to start"), "{stderr}");
     // It made no new root key over the existing data.
     assert!(
@@ -341,4 +204,183 @@ async fn an_operator_without_its_root_key_refuses_to_start() {
             .expect("get")
             .is_none()
     );
+}
+
+/// The throwaway PKCS#12 of `examples/item-certificate-archive.yaml` (password `changeit`),
+/// as the base64 text a user writes into `certificateArchive.archive`.
+fn example_archive() -> &'static str {
+    include_str!("../examples/item-certificate-archive.yaml")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("archive: "))
+        .expect("the example archive")
+}
+
+fn certificate_archive(name: &str, sealed_archive: &str, sealed_password: &str) -> VaultItem {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": name},
+        "spec": {
+            "type": "CertificateArchive", "section": "checkout",
+            "allowedHosts": ["partners.shop.example.com"],
+            "certificateArchive": {"archive": "*****", "password": "*****"},
+            "sealed": {"archive": sealed_archive, "archivePassword": sealed_password}
+        }
+    }))
+    .expect("item")
+}
+
+fn seal_field(key: &SealingPublicKey, ns: &str, item: &str, field: &str, value: &str) -> String {
+    let binding = SealBinding {
+        namespace: ns,
+        item,
+        field,
+    };
+    seal(key, &binding, value.as_bytes()).expect("seal")
+}
+
+fn time(s: &str) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        s.parse().expect("timestamp"),
+    ))
+}
+
+#[tokio::test]
+async fn a_certificate_archive_reports_its_subject_issuer_and_validity() {
+    let c = cluster();
+    let admin = c.admin().await;
+    let ns = c.temp_namespace("ctl-p12").await;
+    let store_ns = c.temp_namespace("ctl-store").await;
+    let mut operator = Operator::start(c, &store_ns, &ns);
+
+    let key = section_public_key(&admin, &ns).await;
+    let name = "shop-client-cert";
+    let item = certificate_archive(
+        name,
+        &seal_field(&key, &ns, name, "archive", example_archive()),
+        &seal_field(&key, &ns, name, "archivePassword", "changeit"),
+    );
+    let items: Api<VaultItem> = Api::namespaced(admin.clone(), &ns);
+    items
+        .create(&PostParams::default(), &item)
+        .await
+        .expect("create item");
+    let item = ready_condition(&items, name, "True").await;
+    let status = item.status.clone().expect("status");
+    assert_eq!(status.secret.as_deref(), Some("*****"));
+    let cert = status.certificate.clone().expect("status.certificate");
+    assert_eq!(
+        cert.subject.as_deref(),
+        Some("O=Example Shop,CN=synthetic-bot")
+    );
+    assert_eq!(cert.issuer, cert.subject, "the example is self-signed");
+    assert_eq!(cert.not_before, time("2026-11-27T21:11:59Z"));
+    assert_eq!(cert.not_after, time("2036-11-24T21:11:59Z"));
+
+    // A reconcile with nothing changed leaves the status alone: no patch, no new version.
+    let poke = serde_json::json!({"metadata": {"annotations": {"test.monivault.io/poke": "1"}}});
+    let poked = items
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&poke),
+        )
+        .await
+        .expect("annotate");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let after = items.get(name).await.expect("get");
+    assert_eq!(after.resource_version(), poked.resource_version());
+    assert_eq!(after.status, Some(status));
+    assert!(operator.is_running(), "the operator died");
+}
+
+#[tokio::test]
+async fn a_wrong_archive_password_leaves_the_item_not_ready() {
+    let c = cluster();
+    let admin = c.admin().await;
+    let ns = c.temp_namespace("ctl-p12-bad").await;
+    let store_ns = c.temp_namespace("ctl-store").await;
+    let mut operator = Operator::start(c, &store_ns, &ns);
+
+    let key = section_public_key(&admin, &ns).await;
+    let name = "shop-client-cert";
+    let wrong = "wrong-archive-password-5e2a";
+    let item = certificate_archive(
+        name,
+        &seal_field(&key, &ns, name, "archive", example_archive()),
+        &seal_field(&key, &ns, name, "archivePassword", wrong),
+    );
+    let items: Api<VaultItem> = Api::namespaced(admin.clone(), &ns);
+    items
+        .create(&PostParams::default(), &item)
+        .await
+        .expect("create item");
+    let item = ready_condition(&items, name, "False").await;
+    let status = item.status.expect("status");
+    let ready = find_condition(&status.conditions, READY).expect("Ready");
+    assert_eq!(ready.reason, "CertificateArchiveInvalid");
+    assert_eq!(
+        ready.message,
+        "certificateArchive.password does not open the archive"
+    );
+    assert_eq!(status.secret, None, "no secret is stored");
+    assert_eq!(status.certificate, None);
+    assert!(operator.is_running(), "the operator died");
+    c.assert_not_in_etcd(&[wrong]);
+}
+
+#[tokio::test]
+async fn a_certificate_item_reports_the_facts_of_its_pem() {
+    let c = cluster();
+    let admin = c.admin().await;
+    let ns = c.temp_namespace("ctl-pem").await;
+    let store_ns = c.temp_namespace("ctl-store").await;
+    let mut operator = Operator::start(c, &store_ns, &ns);
+    section_public_key(&admin, &ns).await;
+
+    let example = include_str!("../examples/item-certificate.yaml");
+    let pem: String = example[example.find("-----BEGIN").expect("pem")..]
+        .lines()
+        .map(|l| format!("{}\n", l.trim()))
+        .collect();
+    let certificate = |name: &str, pem: &str| -> VaultItem {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+            "metadata": {"name": name},
+            "spec": {"type": "Certificate", "section": "checkout", "certificate": {"pem": pem}}
+        }))
+        .expect("item")
+    };
+    let items: Api<VaultItem> = Api::namespaced(admin.clone(), &ns);
+    items
+        .create(&PostParams::default(), &certificate("shop-ca", &pem))
+        .await
+        .expect("create item");
+    let bad = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n";
+    items
+        .create(&PostParams::default(), &certificate("broken", bad))
+        .await
+        .expect("create item");
+
+    let item = ready_condition(&items, "shop-ca", "True").await;
+    let cert = item
+        .status
+        .and_then(|s| s.certificate)
+        .expect("status.certificate");
+    assert_eq!(
+        cert.subject.as_deref(),
+        Some("O=Example Shop,CN=synthetic-bot")
+    );
+    assert_eq!(cert.not_after, time("2036-11-24T21:11:59Z"));
+
+    let item = ready_condition(&items, "broken", "False").await;
+    let status = item.status.expect("status");
+    let ready = find_condition(&status.conditions, READY).expect("Ready");
+    assert_eq!(ready.reason, "CertificateInvalid");
+    assert!(
+        ready.message.starts_with("certificate.pem"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(status.certificate, None);
+    assert!(operator.is_running(), "the operator died");
 }

@@ -28,7 +28,7 @@ fn environment() -> (RootKey, Keyring, tempfile_path::TempPath) {
     keyring
         .ensure_environment(&root, "team-a", NOW)
         .expect("env");
-    let pk = keyring.sealing_public_key("team-a").expect("pk");
+    let pk = keyring.sealing_public_key(&root, "team-a").expect("pk");
     let path = tempfile_path::TempPath::new("pk");
     std::fs::write(&path.0, format!("{pk}\n")).expect("write key file");
     (root, keyring, path)

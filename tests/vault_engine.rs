@@ -66,7 +66,9 @@ fn tampered_stored_ciphertext_never_opens() {
 #[test]
 fn tampered_sealed_value_never_opens() {
     let (root, keyring) = keyring_with(&["team-a"]);
-    let pk = keyring.sealing_public_key("team-a").expect("public key");
+    let pk = keyring
+        .sealing_public_key(&root, "team-a")
+        .expect("public key");
     let b = SealBinding {
         namespace: "team-a",
         item: "shop-login",
@@ -203,7 +205,9 @@ fn stored_ciphertext_is_bound_to_its_key_version() {
 #[test]
 fn sealed_value_is_bound_to_namespace_item_field_and_version() {
     let (root, mut keyring) = keyring_with(&["team-a", "team-b"]);
-    let pk = keyring.sealing_public_key("team-a").expect("public key");
+    let pk = keyring
+        .sealing_public_key(&root, "team-a")
+        .expect("public key");
     let original = SealBinding {
         namespace: "team-a",
         item: "shop-login",
@@ -263,8 +267,10 @@ fn sealed_value_is_bound_to_namespace_item_field_and_version() {
 
 #[test]
 fn public_key_text_round_trips_and_rejects_garbage() {
-    let (_, keyring) = keyring_with(&["team-a"]);
-    let pk = keyring.sealing_public_key("team-a").expect("public key");
+    let (root, keyring) = keyring_with(&["team-a"]);
+    let pk = keyring
+        .sealing_public_key(&root, "team-a")
+        .expect("public key");
     let text = pk.to_string();
     assert!(text.starts_with("mvpk1.team-a.1."));
     assert_eq!(SealingPublicKey::parse(&text).expect("parses"), pk);
@@ -417,7 +423,10 @@ impl World {
                     .ensure_environment(root, namespace, NOW)
                     .expect("ensure")
                 {
-                    let pk = self.keyring.sealing_public_key(namespace).expect("pk");
+                    let pk = self
+                        .keyring
+                        .sealing_public_key(root, namespace)
+                        .expect("pk");
                     let b = SealBinding {
                         namespace,
                         item: "sealed",

@@ -4,7 +4,8 @@
 //! Shared by the controller and the webhook, so both create an environment's keys the
 //! same way and two racing processes always agree on one key.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::RwLock;
@@ -49,6 +50,10 @@ pub fn unix_now() -> i64 {
 pub struct Keys<S> {
     store: Arc<S>,
     roots: RwLock<RootKeySet>,
+    /// Encryptions per namespace not yet added to the keyring. Counting in memory keeps a
+    /// keyring write off the ingest path; the rotation check flushes it by CAS. A crash
+    /// loses at most one check interval's count, far below the 2^31 bound's margin.
+    unflushed_encryptions: Mutex<BTreeMap<String, u64>>,
 }
 
 impl<S: Store> Keys<S> {
@@ -90,8 +95,8 @@ impl<S: Store> Keys<S> {
                         store
                             .keyring()
                             .await?
-                            .ok_or(StoreError::Conflict {
-                                what: "keyring".into(),
+                            .ok_or(StoreError::NotFound {
+                                what: "the keyring".into(),
                             })?
                             .value
                     }
@@ -102,6 +107,7 @@ impl<S: Store> Keys<S> {
         let keys = Keys {
             store,
             roots: RwLock::new(roots),
+            unflushed_encryptions: Mutex::new(BTreeMap::new()),
         };
         keys.root_for(&keyring).await.map_err(|e| match e {
             KeyError::Crypto(c) => KeyError::WrongRootKey(c),
@@ -141,8 +147,8 @@ impl<S: Store> Keys<S> {
             .store
             .keyring()
             .await?
-            .ok_or(StoreError::Conflict {
-                what: "keyring vanished".into(),
+            .ok_or(StoreError::NotFound {
+                what: "the keyring".into(),
             })?
             .value)
     }
@@ -150,18 +156,76 @@ impl<S: Store> Keys<S> {
     /// Makes sure `namespace` has keys, creating them by compare-and-swap if not. Returns
     /// the keyring that holds them.
     pub async fn ensure_environment(&self, namespace: &str) -> Result<Keyring, KeyError> {
-        let keyring = self.keyring().await?;
-        if keyring.environments.contains_key(namespace) {
-            return Ok(keyring);
+        // A root key rotation may re-wrap the keyring between our read and our write; the
+        // root we resolved then no longer opens it, so resolve it again once.
+        let mut attempt = 0;
+        loop {
+            let keyring = self.keyring().await?;
+            if keyring.environments.contains_key(namespace) {
+                return Ok(keyring);
+            }
+            let root = self.root_for(&keyring).await?;
+            let result = update_keyring(self.store.as_ref(), |keyring: &mut Keyring| {
+                keyring
+                    .ensure_environment(&root, namespace, unix_now())
+                    .map_err(KeyError::from)
+            })
+            .await;
+            match result {
+                Ok(written) => {
+                    tracing::info!(namespace, "created environment keys");
+                    return Ok(written);
+                }
+                Err(KeyError::Crypto(CryptoError::WrongRootKey { .. })) if attempt == 0 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let root = self.root_for(&keyring).await?;
-        let written = update_keyring(self.store.as_ref(), |keyring: &mut Keyring| {
-            keyring
-                .ensure_environment(&root, namespace, unix_now())
-                .map_err(KeyError::from)
+    }
+
+    /// Notes `n` encryptions under `namespace`'s current data key, for the 2^31 bound.
+    pub fn count_encryptions(&self, namespace: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut counts = self
+            .unflushed_encryptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(namespace.to_owned()).or_insert(0);
+        *count = count.saturating_add(n);
+    }
+
+    /// Adds the counted encryptions to the keyring by compare-and-swap. On failure the
+    /// counts are kept for the next flush. Counts go to the key current at flush time,
+    /// which can only over-count a newer key: the safe direction.
+    pub async fn flush_encryption_counts(&self) -> Result<(), KeyError> {
+        let counts = std::mem::take(
+            &mut *self
+                .unflushed_encryptions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let result = update_keyring(self.store.as_ref(), |keyring: &mut Keyring| {
+            let mut changed = false;
+            for (namespace, n) in &counts {
+                if keyring.environments.contains_key(namespace) {
+                    keyring.record_encryptions(namespace, *n)?;
+                    changed = true;
+                }
+            }
+            Ok::<_, KeyError>(changed)
         })
-        .await?;
-        tracing::info!(namespace, "created environment keys");
-        Ok(written)
+        .await;
+        if result.is_err() {
+            for (namespace, n) in counts {
+                self.count_encryptions(&namespace, n);
+            }
+        }
+        result.map(|_| ())
     }
 }

@@ -4,11 +4,17 @@
 //! It owns the reconcile loops of `VaultItem` and `VaultSection`. It must never put a
 //! plaintext in a status, an Event, a log line or an error: messages name fields and
 //! reasons, and the types that hold secrets redact themselves.
+//!
+//! The loops run only on the replica that holds the leader Lease ([`leader`]).
 
+pub mod certificate;
 pub mod keys;
+pub mod leader;
+pub mod rotation;
 pub mod vault_item;
 pub mod vault_section;
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,12 +28,15 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
+use crate::api::condition::{READY, find_condition};
 use crate::api::monitor::Monitor;
 use crate::api::vault_item::VaultItem;
 use crate::api::vault_section::VaultSection;
 use crate::crypto::CryptoError;
 use crate::runner::template::referenced_items;
 use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::{ItemCounts, ItemState};
 use keys::{KeyError, Keys};
 
 /// The server-side apply field manager of everything the controller writes.
@@ -73,6 +82,7 @@ pub struct Context<S> {
     /// Every Monitor, cached, to compute `usedBy`.
     pub monitors: reflector::Store<Monitor>,
     pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -92,11 +102,26 @@ impl<S> Context<S> {
     }
 }
 
-fn error_policy<K: ResourceExt, S>(obj: Arc<K>, error: &Error, ctx: Arc<Context<S>>) -> Action {
-    let key = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+fn error_policy<K, S>(obj: Arc<K>, error: &Error, ctx: Arc<Context<S>>) -> Action
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let key = backoff_key(obj.as_ref());
+    ctx.metrics
+        .reconcile_failed(kind_label::<K>(), error.category());
     let delay = ctx.backoff(key.clone());
     tracing::warn!(object = %key, category = error.category(), %error, ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+/// Kind, namespace and name: an item and a section of the same name back off apart.
+fn backoff_key<K: kube::Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
 }
 
 /// An API over every namespace, or over the one the operator is scoped to.
@@ -111,13 +136,60 @@ where
     }
 }
 
+/// The `kind` label of a reconciled type (the derived CRDs name theirs statically).
+fn kind_label<K: kube::Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()) {
+        Cow::Borrowed(kind) => kind,
+        Cow::Owned(_) => "other",
+    }
+}
+
+/// How often the leader recomputes the item and key gauges.
+const GAUGE_REFRESH: Duration = Duration::from_secs(5);
+
+fn item_state(item: &VaultItem) -> ItemState {
+    let ready = item
+        .status
+        .as_ref()
+        .and_then(|s| find_condition(&s.conditions, READY));
+    match ready.map(|c| c.status.as_str()) {
+        Some("True") => ItemState::Ready,
+        Some("False") => ItemState::NotReady,
+        _ => ItemState::Unknown,
+    }
+}
+
+/// Keeps `monivault_items` and `monivault_key_versions_in_use` current; never returns.
+async fn refresh_gauges<S: Store>(ctx: Arc<Context<S>>, items: reflector::Store<VaultItem>) {
+    let mut tick = tokio::time::interval(GAUGE_REFRESH);
+    loop {
+        tick.tick().await;
+        let mut counts = ItemCounts::default();
+        for item in items.state() {
+            counts.add(item_state(&item));
+        }
+        ctx.metrics.set_items(counts);
+        match ctx.keys.keyring().await {
+            Ok(keyring) => {
+                let environments = keyring.environments.values();
+                let data = environments.clone().map(|e| e.data_keys.len()).sum();
+                let sealing = environments.map(|e| e.sealing_keys.len()).sum();
+                ctx.metrics.set_key_versions("data", data);
+                ctx.metrics.set_key_versions("sealing", sealing);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the keyring for metrics"),
+        }
+    }
+}
+
 /// Runs the VaultItem and VaultSection controllers until shutdown, over every namespace
-/// or only `watch_namespace`.
+/// or only `watch_namespace`. Call it on the leader only.
 pub async fn run<S: Store>(
     client: Client,
     keys: Arc<Keys<S>>,
     watch_namespace: Option<String>,
     instance: String,
+    metrics: Arc<Metrics>,
 ) {
     let watch_namespace = watch_namespace.as_deref();
     let (monitors, writer) = reflector::store::<Monitor>();
@@ -142,6 +214,7 @@ pub async fn run<S: Store>(
         keys,
         monitors: monitors.clone(),
         recorder,
+        metrics,
         failures: Mutex::new(HashMap::new()),
     });
 
@@ -166,15 +239,32 @@ pub async fn run<S: Store>(
         watcher::Config::default().any_semantic(),
     )
     .watches(monitor_api, watcher::Config::default(), mapper)
+    .shutdown_on_signal();
+    let item_cache = items.store();
+    let items = items
+        .run(
+            |item, ctx: Arc<Context<S>>| async move {
+                ctx.metrics.reconciled(kind_label::<VaultItem>());
+                let key = backoff_key(item.as_ref());
+                let action = vault_item::reconcile(item, ctx.clone()).await?;
+                ctx.succeeded(&key);
+                Ok(action)
+            },
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    let sections = Controller::new(
+        scoped::<VaultSection>(&client, watch_namespace),
+        watcher::Config::default().any_semantic(),
+    )
     .shutdown_on_signal()
     .run(
-        |item, ctx: Arc<Context<S>>| async move {
-            let key = format!(
-                "{}/{}",
-                item.namespace().unwrap_or_default(),
-                item.name_any()
-            );
-            let action = vault_item::reconcile(item, ctx.clone()).await?;
+        |section, ctx: Arc<Context<S>>| async move {
+            ctx.metrics.reconciled(kind_label::<VaultSection>());
+            let key = backoff_key(section.as_ref());
+            let action = vault_section::reconcile(section, ctx.clone()).await?;
             ctx.succeeded(&key);
             Ok(action)
         },
@@ -183,17 +273,10 @@ pub async fn run<S: Store>(
     )
     .for_each(|_| futures::future::ready(()));
 
-    let sections = Controller::new(
-        scoped::<VaultSection>(&client, watch_namespace),
-        watcher::Config::default().any_semantic(),
-    )
-    .shutdown_on_signal()
-    .run(vault_section::reconcile, error_policy, ctx.clone())
-    .for_each(|_| futures::future::ready(()));
-
     tokio::select! {
         () = async { tokio::join!(items, sections); } => {},
         () = monitor_cache => tracing::error!("the monitor cache stopped"),
+        () = refresh_gauges(ctx.clone(), item_cache) => {},
     }
 }
 

@@ -15,10 +15,13 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::certificate;
 use super::{Context, Error, FIELD_MANAGER, now};
 use crate::api::SECRET_MASK;
 use crate::api::condition::{ConditionStatus, READY, new_condition, set_condition};
-use crate::api::vault_item::{FileInfo, SecretField, VaultItem, VaultItemSpec, VaultItemStatus};
+use crate::api::vault_item::{
+    CertificateInfo, FileInfo, ItemType, SecretField, VaultItem, VaultItemSpec, VaultItemStatus,
+};
 use crate::crypto::{ItemBinding, SealBinding};
 use crate::runner::template::referenced_items;
 use crate::store::{ItemKey, ItemRecord, Store};
@@ -53,6 +56,13 @@ struct NotReady {
     message: String,
 }
 
+/// What a successful ingest stored, and the public facts it read on the way.
+struct Ingested {
+    key_version: u32,
+    file: Option<FileInfo>,
+    certificate: Option<CertificateInfo>,
+}
+
 async fn apply<S: Store>(
     item: &VaultItem,
     ctx: &Context<S>,
@@ -81,8 +91,13 @@ async fn apply<S: Store>(
         ..VaultItemStatus::default()
     };
 
+    // An archive's facts are read only at ingest: one stored without them is read again.
+    let has_facts =
+        item.spec.item_type != ItemType::CertificateArchive || previous.certificate.is_some();
     let outcome = match &existing {
-        Some(record) if record.value.uid == uid && record.value.source_digest == digest => {
+        Some(record)
+            if record.value.uid == uid && record.value.source_digest == digest && has_facts =>
+        {
             status.changed_at = previous.changed_at.clone();
             status.file = previous.file.clone();
             Ok(record.value.key_version)
@@ -97,12 +112,30 @@ async fn apply<S: Store>(
                 existing.map(|r| r.resource_version),
             )
             .await?;
-            stored.map(|(version, file)| {
+            stored.map(|stored| {
                 status.changed_at = Some(now());
-                status.file = file;
-                version
+                status.file = stored.file;
+                status.certificate = stored.certificate;
+                stored.key_version
             })
         }
+    };
+    // A Certificate item's facts come from its public PEM: cheap, so read every time.
+    let outcome = match &item.spec.certificate {
+        Some(spec) if item.spec.item_type == ItemType::Certificate => {
+            status.certificate = None;
+            outcome.and_then(|version| match certificate::pem_info(&spec.pem) {
+                Ok(info) => {
+                    status.certificate = Some(info);
+                    Ok(version)
+                }
+                Err(e) => Err(NotReady {
+                    reason: "CertificateInvalid",
+                    message: e.to_string(),
+                }),
+            })
+        }
+        _ => outcome,
     };
 
     let ready = match outcome {
@@ -125,6 +158,7 @@ async fn apply<S: Store>(
             status.secret = previous.secret.clone();
             status.key_version = previous.key_version;
             status.changed_at = previous.changed_at.clone();
+            status.file = previous.file.clone();
             publish_warning(ctx, item, not_ready.reason, &not_ready.message).await;
             new_condition(
                 READY,
@@ -165,7 +199,7 @@ async fn ingest<S: Store>(
     uid: &str,
     digest: &str,
     expected: Option<String>,
-) -> Result<Result<(u32, Option<FileInfo>), NotReady>, Error> {
+) -> Result<Result<Ingested, NotReady>, Error> {
     let name = item.name_any();
     let keyring = ctx.keys.ensure_environment(namespace).await?;
     let root = ctx.keys.root_for(&keyring).await?;
@@ -173,6 +207,7 @@ async fn ingest<S: Store>(
 
     let mut fields = BTreeMap::new();
     let mut file = None;
+    let (mut archive, mut archive_password) = (None, None);
     for &field in item.spec.secret_fields() {
         let Some(sealed) = item.spec.sealed_value(field) else {
             if field.is_required() {
@@ -224,7 +259,24 @@ async fn ingest<S: Store>(
             field.as_str().to_owned(),
             cipher.encrypt(&item_binding, plaintext.expose())?,
         );
+        match field {
+            SecretField::Archive => archive = Some(plaintext),
+            SecretField::ArchivePassword => archive_password = Some(plaintext),
+            _ => {}
+        }
     }
+    let certificate = match archive {
+        Some(archive) => match certificate::read_archive(archive, archive_password).await {
+            Ok(info) => Some(info),
+            Err(e) => {
+                return Ok(Err(NotReady {
+                    reason: "CertificateArchiveInvalid",
+                    message: e.to_string(),
+                }));
+            }
+        },
+        None => None,
+    };
 
     let record = ItemRecord {
         uid: uid.to_owned(),
@@ -241,8 +293,16 @@ async fn ingest<S: Store>(
         .store()
         .put_record(&key, &record, expected.as_deref())
         .await?;
+    // Counted for the 2^31 bound; the rotation check flushes it into the keyring.
+    ctx.keys
+        .count_encryptions(namespace, record.fields.len() as u64);
     tracing::info!(%key, key_version = cipher.version(), "stored item");
-    Ok(Ok((cipher.version(), file)))
+    ctx.metrics.ingested();
+    Ok(Ok(Ingested {
+        key_version: cipher.version(),
+        file,
+        certificate,
+    }))
 }
 
 async fn cleanup<S: Store>(

@@ -25,7 +25,8 @@ pub async fn reconcile<S: Store>(
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let keyring = ctx.keys.ensure_environment(&namespace).await?;
-    let public_key = keyring.sealing_public_key(&namespace)?;
+    let root = ctx.keys.root_for(&keyring).await?;
+    let public_key = keyring.sealing_public_key(&root, &namespace)?;
 
     let previous = section.status.clone().unwrap_or_default();
     let mut status = VaultSectionStatus {

@@ -81,10 +81,10 @@ pub struct DataKeyInfo {
 #[serde(rename_all = "camelCase")]
 pub struct SealingKeyInfo {
     pub created_at: i64,
-    /// base64 of the wrapped 32-byte X-Wing seed.
+    /// base64 of the wrapped 32-byte X-Wing seed. The public key is derived from it when
+    /// needed rather than stored: at 1.6 KiB of text a version, it would fill the keyring
+    /// Secret's 1 MiB within a few dozen namespaces.
     pub wrapped_seed: String,
-    /// The public key in `mvpk1.` text form, so it can be published without the root key.
-    pub public_key: String,
     /// When a newer key replaced it; it is dropped after the retention from then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_at: Option<i64>,
@@ -203,13 +203,13 @@ impl Keyring {
     }
 
     /// The namespace's current sealing public key, as published in VaultSection status.
-    pub fn sealing_public_key(&self, namespace: &str) -> Result<SealingPublicKey, CryptoError> {
-        let env = self.environment(namespace)?;
-        let info = env
-            .sealing_keys
-            .get(&env.current_sealing_key)
-            .ok_or_else(|| unknown_version(namespace, SEALING, env.current_sealing_key))?;
-        SealingPublicKey::parse(&info.public_key)
+    pub fn sealing_public_key(
+        &self,
+        root: &RootKey,
+        namespace: &str,
+    ) -> Result<SealingPublicKey, CryptoError> {
+        let version = self.environment(namespace)?.current_sealing_key;
+        Ok(self.sealing_opener(root, namespace, version)?.public_key())
     }
 
     pub fn sealing_opener(
@@ -478,11 +478,9 @@ fn new_sealing_key(
     now: i64,
 ) -> Result<SealingKeyInfo, CryptoError> {
     let seed = random_key()?;
-    let public_key = SealingPublicKey::from_seed(namespace, version, &seed)?;
     Ok(SealingKeyInfo {
         created_at: now,
         wrapped_seed: wrap_key(root, namespace, SEALING, version, &seed)?,
-        public_key: public_key.to_string(),
         superseded_at: None,
     })
 }

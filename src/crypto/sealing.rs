@@ -59,19 +59,6 @@ pub struct SealingPublicKey {
 }
 
 impl SealingPublicKey {
-    pub(crate) fn from_seed(
-        namespace: &str,
-        version: u32,
-        seed: &KeyBytes,
-    ) -> Result<Self, CryptoError> {
-        let sk = private_key(seed)?;
-        Ok(SealingPublicKey {
-            namespace: namespace.to_owned(),
-            version,
-            key: Kem::sk_to_pk(&sk),
-        })
-    }
-
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
@@ -192,6 +179,15 @@ impl SealingOpener {
 
     pub fn version(&self) -> u32 {
         self.version
+    }
+
+    /// The public half, for publishing.
+    pub fn public_key(&self) -> SealingPublicKey {
+        SealingPublicKey {
+            namespace: self.namespace.clone(),
+            version: self.version,
+            key: Kem::sk_to_pk(&self.key),
+        }
     }
 
     /// Opens a sealed value. Fails if it was sealed for another namespace, item, field or

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::root_keys::RootKeyBytes;
-use super::{ItemKey, ItemRecord, RootKeySet, StoreError};
+use super::{ItemKey, ItemRecord, RootKeySet, StoreError, Versioned};
 use crate::crypto::Keyring;
 
 pub const ROOT_KEY_SECRET: &str = "monivault-root-key";
@@ -141,6 +141,18 @@ pub(crate) fn resource_version(secret: &Secret, what: &str) -> Result<String, St
         .resource_version
         .clone()
         .ok_or_else(|| StoreError::corrupt(what, "it has no resourceVersion"))
+}
+
+/// A parsed value with the resourceVersion it was read at.
+pub(crate) fn versioned<T>(
+    secret: &Secret,
+    what: &str,
+    parse: impl FnOnce(&Secret) -> Result<T, StoreError>,
+) -> Result<Versioned<T>, StoreError> {
+    Ok(Versioned {
+        value: parse(secret)?,
+        resource_version: resource_version(secret, what)?,
+    })
 }
 
 fn data_value<'a>(secret: &'a Secret, what: &str, key: &str) -> Result<&'a [u8], StoreError> {

@@ -111,24 +111,13 @@ impl Inner {
     }
 }
 
-fn versioned<T>(
-    secret: &Secret,
-    what: &str,
-    parse: impl FnOnce(&Secret) -> Result<T, StoreError>,
-) -> Result<Versioned<T>, StoreError> {
-    Ok(Versioned {
-        value: parse(secret)?,
-        resource_version: layout::resource_version(secret, what)?,
-    })
-}
-
 impl Store for MemoryStore {
     async fn root_keys(&self) -> Result<Option<Versioned<RootKeySet>>, StoreError> {
         let Some(secret) = self.get(ROOT_KEY_SECRET).map(layout::WipeOnDrop) else {
             return Ok(None);
         };
         let what = layout::secret_what(ROOT_KEY_SECRET);
-        versioned(&secret.0, &what, layout::parse_root_keys).map(Some)
+        layout::versioned(&secret.0, &what, layout::parse_root_keys).map(Some)
     }
 
     async fn put_root_keys(
@@ -144,7 +133,7 @@ impl Store for MemoryStore {
     async fn keyring(&self) -> Result<Option<Versioned<Keyring>>, StoreError> {
         let what = layout::secret_what(KEYRING_SECRET);
         self.get(KEYRING_SECRET)
-            .map(|secret| versioned(&secret, &what, layout::parse_keyring))
+            .map(|secret| layout::versioned(&secret, &what, layout::parse_keyring))
             .transpose()
     }
 
@@ -160,7 +149,7 @@ impl Store for MemoryStore {
     async fn record(&self, key: &ItemKey) -> Result<Option<Versioned<ItemRecord>>, StoreError> {
         let what = layout::record_what(key);
         self.get(&layout::record_secret_name(key))
-            .map(|secret| versioned(&secret, &what, |s| Ok(layout::parse_record(s)?.1)))
+            .map(|secret| layout::versioned(&secret, &what, |s| Ok(layout::parse_record(s)?.1)))
             .transpose()
     }
 

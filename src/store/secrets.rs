@@ -14,7 +14,7 @@ use super::{ItemKey, ItemRecord, RootKeySet, Store, StoreError, Versioned};
 use crate::crypto::Keyring;
 
 /// Records per list page: 10,000 records arrive in 20 responses, not one huge one.
-pub const DEFAULT_PAGE_SIZE: u32 = 500;
+const DEFAULT_PAGE_SIZE: u32 = 500;
 
 const FIELD_MANAGER: &str = "monivault";
 
@@ -104,24 +104,13 @@ fn kube_error(what: String, source: KubeError) -> StoreError {
     StoreError::Kube { what, source }
 }
 
-fn versioned<T>(
-    secret: &Secret,
-    what: &str,
-    parse: impl FnOnce(&Secret) -> Result<T, StoreError>,
-) -> Result<Versioned<T>, StoreError> {
-    Ok(Versioned {
-        value: parse(secret)?,
-        resource_version: layout::resource_version(secret, what)?,
-    })
-}
-
 impl Store for SecretStore {
     async fn root_keys(&self) -> Result<Option<Versioned<RootKeySet>>, StoreError> {
         let Some(secret) = self.get(ROOT_KEY_SECRET).await?.map(WipeOnDrop) else {
             return Ok(None);
         };
         let what = layout::secret_what(ROOT_KEY_SECRET);
-        versioned(&secret.0, &what, layout::parse_root_keys).map(Some)
+        layout::versioned(&secret.0, &what, layout::parse_root_keys).map(Some)
     }
 
     async fn put_root_keys(
@@ -143,7 +132,7 @@ impl Store for SecretStore {
         let what = layout::secret_what(KEYRING_SECRET);
         self.get(KEYRING_SECRET)
             .await?
-            .map(|secret| versioned(&secret, &what, layout::parse_keyring))
+            .map(|secret| layout::versioned(&secret, &what, layout::parse_keyring))
             .transpose()
     }
 
@@ -161,7 +150,7 @@ impl Store for SecretStore {
         let what = layout::record_what(key);
         self.get(&layout::record_secret_name(key))
             .await?
-            .map(|secret| versioned(&secret, &what, |s| Ok(layout::parse_record(s)?.1)))
+            .map(|secret| layout::versioned(&secret, &what, |s| Ok(layout::parse_record(s)?.1)))
             .transpose()
     }
 

@@ -8,17 +8,26 @@
 //!   kube-controller-manager runs, so namespaces never finish deleting and tests do not
 //!   wait for it.
 //! - Clients act as the admin or as any user, group or service account, by impersonation.
+//! - [`Operator`] runs `monivault run` as a child process, scoped to the test's namespaces.
 #![allow(dead_code)] // Each test binary uses its own subset of the harness.
 
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use monivault::api::condition::{READY, find_condition};
+use monivault::api::vault_item::VaultItem;
+use monivault::api::vault_section::VaultSection;
+use monivault::crypto::SealingPublicKey;
 
 pub const TEST_LABEL: &str = "monivault.io/test";
 
@@ -166,6 +175,32 @@ impl Cluster {
         .await
     }
 
+    /// Every key and value in etcd, as text: what an attacker with the disk would see.
+    /// The endpoint comes from the environment only: etcdctl 3.7 refuses a flag that
+    /// shadows a variable, and `tests/all` exports the variable.
+    pub fn etcd_dump(&self) -> String {
+        let out = Command::new(self.var("MONIVAULT_ETCDCTL"))
+            .env("ETCDCTL_ENDPOINTS", self.var("ETCDCTL_ENDPOINTS"))
+            .env_remove("ETCDCTL_API")
+            .args(["get", "--prefix", ""])
+            .output()
+            .expect("run etcdctl");
+        assert!(out.status.success(), "etcdctl: {}", stderr(&out));
+        assert!(out.stdout.len() > 1000, "etcdctl returned almost nothing");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Fails if any plaintext, or its base64 form, is anywhere in etcd.
+    pub fn assert_not_in_etcd(&self, plaintexts: &[&str]) {
+        use base64::Engine as _;
+        let dump = self.etcd_dump();
+        for plaintext in plaintexts {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(plaintext);
+            assert!(!dump.contains(plaintext), "a plaintext is in etcd");
+            assert!(!dump.contains(&b64), "a plaintext's base64 is in etcd");
+        }
+    }
+
     /// A fresh namespace, labelled as a test's so it is easy to find and sweep.
     pub async fn temp_namespace(&self, prefix: &str) -> String {
         let mut bytes = [0u8; 4];
@@ -225,4 +260,200 @@ pub fn stderr(out: &Output) -> String {
 
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits up to 30 s for `f` to return `Some`, polling every 100 ms.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..300 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A `monivault run` process scoped to one test: its own store namespace, watching only
+/// the test's namespace, serving its operations endpoints on a free loopback port.
+/// Its stderr is collected as it comes (a full pipe would stall the process). Killed
+/// (SIGKILL) on drop.
+pub struct Operator {
+    pub child: Child,
+    stderr: Arc<Mutex<String>>,
+    drain: Option<thread::JoinHandle<()>>,
+}
+
+impl Operator {
+    pub fn start(c: &Cluster, store_ns: &str, watch_ns: &str) -> Operator {
+        Operator::start_with(c, store_ns, watch_ns, &[])
+    }
+
+    /// With more `monivault run` arguments, e.g. `--instance`.
+    pub fn start_with(c: &Cluster, store_ns: &str, watch_ns: &str, extra: &[&str]) -> Operator {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_monivault"))
+            .args([
+                "run",
+                "--namespace",
+                store_ns,
+                "--watch-namespace",
+                watch_ns,
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", c.var("KUBECONFIG"))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start monivault run");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        let drain = thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                sink.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&text);
+            }
+        });
+        Operator {
+            child,
+            stderr,
+            drain: Some(drain),
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits for the process to exit; returns its status and everything it wrote to stderr.
+    pub async fn exited(&mut self) -> (ExitStatus, String) {
+        let mut status = None;
+        for _ in 0..300 {
+            status = self.child.try_wait().expect("wait for the operator");
+            if status.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Some(status) = status else {
+            panic!(
+                "timed out waiting for the operator to exit; its stderr:\n{}",
+                self.stderr()
+            );
+        };
+        if let Some(drain) = self.drain.take() {
+            drain.join().expect("stderr reader");
+        }
+        (status, self.stderr())
+    }
+
+    /// SIGKILL: no chance to release the lease or finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The address of its operations server, from the line it logs once it listens.
+    pub async fn ops_addr(&self) -> SocketAddr {
+        const MARK: &str = "serving metrics on http://";
+        eventually("the operator to serve its endpoints", || {
+            let text = self.stderr();
+            let addr = text
+                .split_once(MARK)
+                .and_then(|(_, rest)| rest.split('/').next().and_then(|a| a.parse().ok()));
+            async move { addr }
+        })
+        .await
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A plain HTTP/1.0 GET (the body ends where the connection does): status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// Creates the VaultSection `checkout` in `ns` and returns the sealing key it publishes.
+pub async fn section_public_key(client: &Client, ns: &str) -> SealingPublicKey {
+    let sections: Api<VaultSection> = Api::namespaced(client.clone(), ns);
+    let section: VaultSection = serde_json::from_value(serde_json::json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultSection",
+        "metadata": {"name": "checkout"}, "spec": {"description": "the shop"}
+    }))
+    .expect("section");
+    sections
+        .create(&PostParams::default(), &section)
+        .await
+        .expect("create section");
+    let text = eventually("the section's sealing public key", || async {
+        sections
+            .get("checkout")
+            .await
+            .ok()?
+            .status?
+            .sealing_public_key
+    })
+    .await;
+    SealingPublicKey::parse(&text).expect("published key parses")
+}
+
+/// A CredentialSet item in section `checkout` with a sealed password.
+pub fn credential_set(name: &str, sealed_password: &str) -> VaultItem {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": name},
+        "spec": {
+            "type": "CredentialSet", "section": "checkout",
+            "allowedHosts": ["shop.example.com"],
+            "credentialSet": {"username": "synthetic-bot", "password": "*****"},
+            "sealed": {"password": sealed_password}
+        }
+    }))
+    .expect("item")
+}
+
+/// Waits until the item's Ready condition is `want` for its current generation.
+pub async fn ready_condition(items: &Api<VaultItem>, name: &str, want: &str) -> VaultItem {
+    eventually(&format!("{name} Ready={want}"), || async {
+        let item = items.get(name).await.ok()?;
+        let status = item.status.as_ref()?;
+        let ready = find_condition(&status.conditions, READY)?;
+        (ready.status == want && status.observed_generation == item.metadata.generation)
+            .then_some(item.clone())
+    })
+    .await
 }

@@ -1,7 +1,15 @@
-//! Logging setup. Log lines carry names, versions and reasons, never secret values: the
-//! types that hold secrets redact themselves in `Debug`.
+//! Logging, metrics and the operations HTTP server (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Log lines and metrics carry names, versions, reasons and counts, never secret values:
+//! the types that hold secrets redact themselves in `Debug`, and metric labels are
+//! low-cardinality words (kinds, states, error categories), never error text.
+
+pub mod metrics;
+pub mod server;
 
 use tracing_subscriber::EnvFilter;
+
+pub use metrics::Metrics;
 
 /// Structured logs to stderr; `RUST_LOG` filters, `MONIVAULT_LOG_FORMAT=json` for JSON.
 pub fn init() {

@@ -1,0 +1,670 @@
+//! The store's contract, written once over any `S: Store` and run against both stores:
+//! `memory::*` on [`MemoryStore`], `cluster::*` on [`SecretStore`] in a fresh namespace of
+//! the real local control plane (the namespace plays the operator's own).
+//!
+//! Each scenario is what a replica relies on: a create never overwrites, a write at a
+//! stale resourceVersion never lands, racing keyring updates agree on one key, and a
+//! corrupt Secret is reported as corrupt without its contents.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, PostParams};
+use monivault::crypto::{CryptoError, Keyring, RootKey};
+use monivault::store::layout::{
+    self, ITEM_NAME_ANNOTATION, ITEM_NAMESPACE_ANNOTATION, KEYRING_DATA, KEYRING_SECRET,
+    MANAGED_BY, MANAGED_BY_LABEL, RECORD_DATA, RECORD_KIND_ITEM, RECORD_LABEL, ROOT_KEY_SECRET,
+};
+use monivault::store::{
+    ItemKey, ItemRecord, MemoryStore, RootKeySet, SecretStore, Store, StoreError, Versioned,
+    update_keyring,
+};
+use tokio::sync::Barrier;
+
+// ---------------------------------------------------------------------------------------
+// The two backends.
+
+/// A store under test, plus a way to see and plant raw Secrets as an admin with kubectl
+/// could (to check the layout, and to corrupt it).
+trait Backend: Send + Sync + 'static {
+    type S: Store + Clone;
+    fn store(&self) -> &Self::S;
+    fn raw(&self, name: &str) -> impl Future<Output = Option<Secret>> + Send;
+    fn plant(&self, secret: Secret) -> impl Future<Output = ()> + Send;
+}
+
+struct Memory(MemoryStore);
+
+impl Memory {
+    fn new() -> Self {
+        Memory(MemoryStore::new())
+    }
+}
+
+impl Backend for Memory {
+    type S = MemoryStore;
+
+    fn store(&self) -> &MemoryStore {
+        &self.0
+    }
+
+    async fn raw(&self, name: &str) -> Option<Secret> {
+        self.0.get_raw(name)
+    }
+
+    async fn plant(&self, secret: Secret) {
+        self.0.insert_raw(secret);
+    }
+}
+
+struct OnCluster {
+    store: SecretStore,
+    secrets: Api<Secret>,
+}
+
+impl OnCluster {
+    async fn new() -> Self {
+        let cluster = support::cluster();
+        let namespace = cluster.temp_namespace("store").await;
+        let client = cluster.admin().await;
+        OnCluster {
+            // Pages of two, so every listing below crosses continue tokens.
+            store: SecretStore::new(client.clone(), &namespace).with_page_size(2),
+            secrets: Api::namespaced(client, &namespace),
+        }
+    }
+}
+
+impl Backend for OnCluster {
+    type S = SecretStore;
+
+    fn store(&self) -> &SecretStore {
+        &self.store
+    }
+
+    async fn raw(&self, name: &str) -> Option<Secret> {
+        self.secrets.get_opt(name).await.expect("get Secret")
+    }
+
+    async fn plant(&self, secret: Secret) {
+        self.secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("plant Secret");
+    }
+}
+
+/// Runs every scenario on both backends: `memory::<scenario>` and `cluster::<scenario>`.
+macro_rules! contract {
+    ($($scenario:ident),+ $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(&super::Memory::new()).await;
+                }
+            )+
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(&super::OnCluster::new().await).await;
+                }
+            )+
+        }
+    };
+}
+
+contract!(
+    root_keys_are_created_once_and_replaced_only_at_the_version_read,
+    the_keyring_is_created_once_and_replaced_only_at_the_version_read,
+    records_are_written_and_deleted_only_under_their_preconditions,
+    listing_returns_every_record_and_nothing_else,
+    racing_keyring_updates_agree_on_one_environment_key,
+    many_replicas_adding_environments_all_get_through,
+    the_secrets_have_the_documented_layout,
+    corrupt_secrets_are_reported_as_corrupt_without_their_contents,
+);
+
+// ---------------------------------------------------------------------------------------
+// Fixtures.
+
+fn root(version: u32, byte: u8) -> RootKey {
+    RootKey::from_bytes(version, &[byte; 32]).expect("root key")
+}
+
+fn record(uid: &str, key_version: u32) -> ItemRecord {
+    ItemRecord {
+        uid: uid.into(),
+        key_version,
+        fields: BTreeMap::from([(
+            "password".into(),
+            format!("mv1.d.{key_version}.ciphertext-of-{uid}"),
+        )]),
+        source_digest: "5e".repeat(32),
+        generation: Some(1),
+    }
+}
+
+/// What a caller of `update_keyring` has: its own error type, which store errors convert
+/// into, and which also carries the engine's errors from the closure.
+#[derive(Debug)]
+#[expect(
+    dead_code,
+    reason = "the fields are read through Debug when a test fails"
+)]
+enum KeysError {
+    Store(StoreError),
+    Crypto(CryptoError),
+}
+
+impl From<StoreError> for KeysError {
+    fn from(e: StoreError) -> Self {
+        KeysError::Store(e)
+    }
+}
+
+/// `update_keyring` with `Keyring::ensure_environment`, as the webhook and controller do.
+async fn ensure_environment<S: Store>(
+    store: &S,
+    root: &RootKey,
+    namespace: &str,
+    calls: &AtomicU32,
+) -> Result<Keyring, KeysError> {
+    update_keyring(store, |keyring| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        keyring
+            .ensure_environment(root, namespace, 5)
+            .map_err(KeysError::Crypto)
+    })
+    .await
+}
+
+fn assert_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>, doing: &str) {
+    match result {
+        Err(e) if e.is_conflict() => assert_eq!(e.category(), "conflict"),
+        other => panic!("{doing}: expected a Conflict, got {other:?}"),
+    }
+}
+
+fn assert_corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>, secret: &str) -> String {
+    match result {
+        Err(e @ StoreError::Corrupt { .. }) => {
+            assert_eq!(e.category(), "corrupt");
+            let message = e.to_string();
+            assert!(message.contains(secret), "{message:?} should name {secret}");
+            assert!(!message.contains("SENTINEL"), "{message:?} quotes the data");
+            message
+        }
+        other => panic!("expected Corrupt for {secret}, got {other:?}"),
+    }
+}
+
+/// A hand-made Secret in the store's layout (for planting).
+fn secret(
+    name: &str,
+    kind: &str,
+    annotations: Option<BTreeMap<String, String>>,
+    data: &[(&str, &[u8])],
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+                (RECORD_LABEL.to_owned(), kind.to_owned()),
+            ])),
+            annotations,
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+fn item_annotations(key: &ItemKey) -> Option<BTreeMap<String, String>> {
+    Some(BTreeMap::from([
+        (ITEM_NAMESPACE_ANNOTATION.to_owned(), key.namespace.clone()),
+        (ITEM_NAME_ANNOTATION.to_owned(), key.name.clone()),
+    ]))
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios.
+
+async fn root_keys_are_created_once_and_replaced_only_at_the_version_read(b: &impl Backend) {
+    let store = b.store();
+    assert!(store.root_keys().await.expect("read").is_none());
+
+    let mut keys = RootKeySet::new(root(1, 0x11));
+    let rv1 = store.put_root_keys(&keys, None).await.expect("create");
+    // A second replica starting at the same moment must not overwrite the first's key.
+    assert_conflict(
+        store
+            .put_root_keys(&RootKeySet::new(root(1, 0x22)), None)
+            .await,
+        "create over an existing root key",
+    );
+    let stored = store.root_keys().await.expect("read").expect("present");
+    assert_eq!(stored.resource_version, rv1);
+    assert_eq!(
+        stored.value.current_key().expect("v1").expose_bytes(),
+        &[0x11; 32]
+    );
+
+    keys.insert(root(2, 0x33)).expect("add v2");
+    keys.set_current(2).expect("switch");
+    let rv2 = store
+        .put_root_keys(&keys, Some(&rv1))
+        .await
+        .expect("replace");
+    assert_ne!(rv1, rv2);
+    assert_conflict(
+        store.put_root_keys(&keys, Some(&rv1)).await,
+        "replace at a stale version",
+    );
+    let stored = store.root_keys().await.expect("read").expect("present");
+    assert_eq!(stored.resource_version, rv2);
+    assert_eq!(stored.value.versions(), vec![1, 2]);
+    assert_eq!(stored.value.current(), 2);
+    assert_eq!(stored.value.key(1).expect("v1").expose_bytes(), &[0x11; 32]);
+    assert_eq!(stored.value.key(2).expect("v2").expose_bytes(), &[0x33; 32]);
+}
+
+async fn the_keyring_is_created_once_and_replaced_only_at_the_version_read(b: &impl Backend) {
+    let store = b.store();
+    let root = root(1, 0x44);
+    assert!(store.keyring().await.expect("read").is_none());
+    let empty = Keyring::new(&root, 1_000);
+    let rv1 = store.put_keyring(&empty, None).await.expect("create");
+    assert_conflict(
+        store.put_keyring(&Keyring::new(&root, 2_000), None).await,
+        "create over an existing keyring",
+    );
+
+    let mut next = empty.clone();
+    assert!(next.ensure_environment(&root, "shop", 1_000).expect("env"));
+    let rv2 = store.put_keyring(&next, Some(&rv1)).await.expect("replace");
+    assert_conflict(
+        store.put_keyring(&empty, Some(&rv1)).await,
+        "a stale writer would drop the shop keys",
+    );
+    let stored = store.keyring().await.expect("read").expect("present");
+    assert_eq!(
+        stored,
+        Versioned {
+            value: next,
+            resource_version: rv2
+        }
+    );
+}
+
+async fn records_are_written_and_deleted_only_under_their_preconditions(b: &impl Backend) {
+    let store = b.store();
+    let key = ItemKey::new("shop", "db-login");
+    assert!(store.record(&key).await.expect("read").is_none());
+    assert_conflict(
+        store.put_record(&key, &record("uid-a", 1), Some("1")).await,
+        "replace of a record that does not exist",
+    );
+
+    let rv1 = store
+        .put_record(&key, &record("uid-a", 1), None)
+        .await
+        .expect("create");
+    assert_conflict(
+        store.put_record(&key, &record("uid-b", 1), None).await,
+        "create over an existing record",
+    );
+    let rv2 = store
+        .put_record(&key, &record("uid-a", 2), Some(&rv1))
+        .await
+        .expect("re-encrypt at the version read");
+    assert_conflict(
+        store
+            .put_record(&key, &record("uid-a", 3), Some(&rv1))
+            .await,
+        "replace at a stale version",
+    );
+    let stored = store.record(&key).await.expect("read").expect("present");
+    assert_eq!(stored.resource_version, rv2);
+    assert_eq!(stored.value, record("uid-a", 2));
+
+    // The deleted item's finalizer read rv1; the record has moved on, so it stays.
+    assert_conflict(
+        store.delete_record(&key, &rv1).await,
+        "delete at a stale version",
+    );
+    assert!(store.record(&key).await.expect("read").is_some());
+    assert!(store.delete_record(&key, &rv2).await.expect("delete"));
+    assert!(!store.delete_record(&key, &rv2).await.expect("already gone"));
+    assert!(store.record(&key).await.expect("read").is_none());
+
+    // After a delete the name is free again: a new item of the same name gets a record.
+    store
+        .put_record(&key, &record("uid-c", 2), None)
+        .await
+        .expect("create again");
+}
+
+async fn listing_returns_every_record_and_nothing_else(b: &impl Backend) {
+    let store = b.store();
+    assert!(store.list_records().await.expect("empty list").is_empty());
+    // The root key and keyring Secrets sit in the same namespace and must not be listed.
+    let root_key = root(1, 0x55);
+    store
+        .put_keyring(&Keyring::new(&root_key, 0), None)
+        .await
+        .expect("keyring");
+    store
+        .put_root_keys(&RootKeySet::new(root_key), None)
+        .await
+        .expect("root");
+
+    let mut keys: Vec<ItemKey> = (0..5)
+        .map(|i| ItemKey::new(format!("team-{}", i % 2), format!("item-{i}")))
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        store
+            .put_record(key, &record(&format!("uid-{i}"), 1), None)
+            .await
+            .expect("create");
+    }
+    keys.sort();
+    let listed = store.list_records().await.expect("list");
+    assert_eq!(
+        listed.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        keys,
+        "every record once, sorted by key"
+    );
+    for (key, versioned) in &listed {
+        let read = store.record(key).await.expect("read").expect("present");
+        assert_eq!(&read, versioned, "{key}: list and get agree");
+    }
+
+    let (gone, at) = (&listed[0].0, &listed[0].1.resource_version);
+    assert!(store.delete_record(gone, at).await.expect("delete"));
+    let listed = store.list_records().await.expect("list");
+    assert_eq!(listed.len(), 4);
+    assert!(listed.iter().all(|(k, _)| k != gone));
+}
+
+/// A store that holds each caller's first keyring write at a barrier until every racer
+/// has read the keyring: so both read the same version, and exactly one write lands.
+#[derive(Clone)]
+struct Racing<S> {
+    inner: S,
+    barrier: Arc<Barrier>,
+    armed: Arc<AtomicBool>,
+}
+
+impl<S: Store + Clone> Store for Racing<S> {
+    async fn root_keys(&self) -> Result<Option<Versioned<RootKeySet>>, StoreError> {
+        self.inner.root_keys().await
+    }
+    async fn put_root_keys(
+        &self,
+        keys: &RootKeySet,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        self.inner.put_root_keys(keys, expected).await
+    }
+    async fn keyring(&self) -> Result<Option<Versioned<Keyring>>, StoreError> {
+        self.inner.keyring().await
+    }
+    async fn put_keyring(
+        &self,
+        keyring: &Keyring,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.barrier.wait().await;
+        }
+        self.inner.put_keyring(keyring, expected).await
+    }
+    async fn record(&self, key: &ItemKey) -> Result<Option<Versioned<ItemRecord>>, StoreError> {
+        self.inner.record(key).await
+    }
+    async fn put_record(
+        &self,
+        key: &ItemKey,
+        record: &ItemRecord,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        self.inner.put_record(key, record, expected).await
+    }
+    async fn delete_record(&self, key: &ItemKey, expected: &str) -> Result<bool, StoreError> {
+        self.inner.delete_record(key, expected).await
+    }
+    async fn list_records(&self) -> Result<Vec<(ItemKey, Versioned<ItemRecord>)>, StoreError> {
+        self.inner.list_records().await
+    }
+}
+
+/// The webhook and the controller both find the `shop` environment missing and create
+/// its keys at the same moment. One write wins; the other re-reads, finds the keys, and
+/// both end up using the very same keys.
+async fn racing_keyring_updates_agree_on_one_environment_key(b: &impl Backend) {
+    let root = Arc::new(root(1, 0x66));
+    b.store()
+        .put_keyring(&Keyring::new(&root, 0), None)
+        .await
+        .expect("keyring");
+    let barrier = Arc::new(Barrier::new(2));
+    let calls = Arc::new(AtomicU32::new(0));
+    let replica = |_| {
+        let store = Racing {
+            inner: b.store().clone(),
+            barrier: barrier.clone(),
+            armed: Arc::new(AtomicBool::new(true)),
+        };
+        let (root, calls) = (root.clone(), calls.clone());
+        tokio::spawn(async move {
+            ensure_environment(&store, &root, "shop", &calls)
+                .await
+                .expect("update_keyring")
+        })
+    };
+    let (webhook, controller) = (replica(0), replica(1));
+    let (webhook, controller) = (
+        webhook.await.expect("join"),
+        controller.await.expect("join"),
+    );
+    assert_eq!(webhook, controller, "both replicas hold the same keys");
+    let stored = b.store().keyring().await.expect("read").expect("present");
+    assert_eq!(stored.value, webhook);
+    assert_eq!(stored.value.environments.len(), 1);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "one caller lost the race and re-read once"
+    );
+}
+
+/// Six replicas each create a different environment at once, with no help: every one
+/// lands (each compare-and-swap round has a winner, and losers retry).
+async fn many_replicas_adding_environments_all_get_through(b: &impl Backend) {
+    let root = Arc::new(root(1, 0x77));
+    b.store()
+        .put_keyring(&Keyring::new(&root, 0), None)
+        .await
+        .expect("keyring");
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let (store, root) = (b.store().clone(), root.clone());
+            tokio::spawn(async move {
+                let calls = AtomicU32::new(0);
+                ensure_environment(&store, &root, &format!("team-{i}"), &calls).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("join").expect("update_keyring");
+    }
+    let stored = b.store().keyring().await.expect("read").expect("present");
+    assert_eq!(
+        stored
+            .value
+            .environments
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>(),
+        (0..6).map(|i| format!("team-{i}")).collect::<Vec<_>>()
+    );
+}
+
+async fn the_secrets_have_the_documented_layout(b: &impl Backend) {
+    let store = b.store();
+    let root_key = root(3, 0x88);
+    store
+        .put_keyring(&Keyring::new(&root_key, 0), None)
+        .await
+        .expect("keyring");
+    store
+        .put_root_keys(&RootKeySet::new(root_key), None)
+        .await
+        .expect("root");
+    let key = ItemKey::new("shop", "db-login");
+    store
+        .put_record(&key, &record("uid-a", 1), None)
+        .await
+        .expect("record");
+
+    let check = |secret: &Secret, kind: &str, data_keys: &[&str]| {
+        assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get(MANAGED_BY_LABEL).map(String::as_str),
+            Some("monivault")
+        );
+        assert_eq!(labels.get(RECORD_LABEL).map(String::as_str), Some(kind));
+        let data = secret.data.clone().unwrap_or_default();
+        assert_eq!(
+            data.keys().map(String::as_str).collect::<Vec<_>>(),
+            data_keys
+        );
+        data
+    };
+
+    let root_secret = b.raw(ROOT_KEY_SECRET).await.expect("root key Secret");
+    let data = check(&root_secret, "root-key", &["current", "v3"]);
+    assert_eq!(data["current"].0, b"3");
+    assert_eq!(data["v3"].0, [0x88; 32], "raw 32 bytes");
+
+    let keyring_secret = b.raw(KEYRING_SECRET).await.expect("keyring Secret");
+    let data = check(&keyring_secret, "keyring", &[KEYRING_DATA]);
+    let keyring: Keyring = serde_json::from_slice(&data[KEYRING_DATA].0).expect("json");
+    assert_eq!(keyring.root_key_version, 3);
+
+    let name = layout::record_secret_name(&key);
+    assert!(
+        name.starts_with("monivault-item-") && name.len() == 55,
+        "{name}"
+    );
+    let record_secret = b.raw(&name).await.expect("record Secret");
+    let data = check(&record_secret, RECORD_KIND_ITEM, &[RECORD_DATA]);
+    assert_eq!(record_secret.metadata.annotations, item_annotations(&key));
+    let json: serde_json::Value = serde_json::from_slice(&data[RECORD_DATA].0).expect("json");
+    assert_eq!(json["uid"], "uid-a");
+    assert_eq!(json["keyVersion"], 1);
+    assert_eq!(json["fields"]["password"], "mv1.d.1.ciphertext-of-uid-a");
+}
+
+async fn corrupt_secrets_are_reported_as_corrupt_without_their_contents(b: &impl Backend) {
+    let store = b.store();
+    // Wrong types in the keyring: serde's own message would quote the value.
+    b.plant(secret(
+        KEYRING_SECRET,
+        "keyring",
+        None,
+        &[(KEYRING_DATA, br#"{"format": "SENTINEL-keyring"}"#)],
+    ))
+    .await;
+    assert_corrupt(store.keyring().await, KEYRING_SECRET);
+    let update: Result<Keyring, StoreError> = update_keyring(store, |_| Ok(true)).await;
+    assert_corrupt(update, KEYRING_SECRET);
+
+    b.plant(secret(
+        ROOT_KEY_SECRET,
+        "root-key",
+        None,
+        &[
+            ("current", b"1"),
+            ("v1", b"SENTINEL-31-bytes-of-root-key.."),
+        ],
+    ))
+    .await;
+    let message = assert_corrupt(store.root_keys().await, ROOT_KEY_SECRET);
+    assert!(message.contains("v1 is not exactly 32 bytes"), "{message}");
+
+    let key = ItemKey::new("shop", "db-login");
+    let name = layout::record_secret_name(&key);
+    b.plant(secret(
+        &name,
+        RECORD_KIND_ITEM,
+        item_annotations(&key),
+        &[(RECORD_DATA, br#"{"uid": "x", "keyVersion": "SENTINEL"}"#)],
+    ))
+    .await;
+    assert_corrupt(store.record(&key).await, &name);
+    // A listing fails as a whole: key retirement must not miss a record it cannot read.
+    assert_corrupt(store.list_records().await, &name);
+
+    // A record Secret copied under another item's name is not that item's record.
+    let other = ItemKey::new("shop", "other");
+    let other_name = layout::record_secret_name(&other);
+    b.plant(secret(
+        &other_name,
+        RECORD_KIND_ITEM,
+        item_annotations(&key),
+        &[(RECORD_DATA, br#"{}"#)],
+    ))
+    .await;
+    let message = assert_corrupt(store.record(&other).await, &other_name);
+    assert!(
+        message.contains("annotations name item shop/db-login"),
+        "{message}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Pure properties, no backend.
+
+#[test]
+fn debug_output_holds_no_key_bytes_or_envelopes() {
+    let key_bytes = *b"SENTINEL-root-key-32-bytes-long!";
+    let mut keys = RootKeySet::new(RootKey::from_bytes(1, &key_bytes).expect("key"));
+    keys.insert(RootKey::from_bytes(2, &[0xEE; 32]).expect("key"))
+        .expect("insert");
+    let debug = format!("{keys:?} {keys:#?}");
+    assert!(!debug.contains("SENTINEL"), "{debug}");
+    // Nor as numbers: 'S' 'E' 'N' = 83 69 78, 0xEE = 238.
+    assert!(!debug.contains("83") && !debug.contains("238"), "{debug}");
+    assert!(debug.contains("versions: [1, 2]"), "{debug}");
+
+    let mut record = record("uid-a", 4);
+    record
+        .fields
+        .insert("value".into(), "mv1.d.4.SENTINEL-envelope".into());
+    let debug = format!("{record:?} {record:#?}");
+    assert!(
+        !debug.contains("SENTINEL") && !debug.contains("mv1.d"),
+        "{debug}"
+    );
+    assert!(
+        debug.contains("password") && debug.contains("value"),
+        "{debug}"
+    );
+}
