@@ -8,6 +8,8 @@
 //!   compare-and-swap;
 //! - [`telemetry`]: logging, metrics and the operations HTTP server (`/metrics`, `/healthz`,
 //!   `/readyz`).
+//! - [`webhook`]: the admission decisions: sealing VaultItem plaintext, and who may write a
+//!   Monitor or MonitorRun that carries vault items.
 
 pub mod api;
 pub mod controller;
@@ -15,3 +17,4 @@ pub mod crypto;
 pub mod runner;
 pub mod store;
 pub mod telemetry;
+pub mod webhook;

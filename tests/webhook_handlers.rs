@@ -1,0 +1,1059 @@
+//! The admission webhooks as the API server calls them, without the network: an
+//! AdmissionReview body in, an AdmissionReview out (testing ladder step 2).
+//!
+//! Keys come from `Keys::bootstrap` over the in-memory store; authorization from a table of
+//! grants. Every item response is searched for the plaintext, patch included, in its plain
+//! and base64 forms.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use k8s_openapi::api::authentication::v1::UserInfo;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionResponse, AdmissionReview};
+use monivault::api::{MonitorSpec, SECRET_MASK};
+use monivault::controller::keys::Keys;
+use monivault::crypto::{SealBinding, seal};
+use monivault::store::MemoryStore;
+use monivault::webhook::{
+    self, AccessCheck, AuthorizeError, Authorizer, ItemSectionLookup, MAX_BODY_BYTES,
+    MonitorLookup, authorize_monitor_write, seal_vault_item,
+};
+use serde_json::{Value, json};
+use tokio::sync::Barrier;
+
+const NS: &str = "shop";
+const ITEM: &str = "shop-login";
+const PASSWORD: &str = "correct-horse-battery-staple-7731";
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+// ---------------------------------------------------------------------------------------
+// Harness
+
+async fn keys() -> Keys<MemoryStore> {
+    Keys::bootstrap(Arc::new(MemoryStore::new()))
+        .await
+        .expect("bootstrap keys in memory")
+}
+
+fn body(request: Value) -> Vec<u8> {
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
+        .to_string()
+        .into_bytes()
+}
+
+fn request(kind: &str, resource: &str, operation: &str, user: &str, object: &Value) -> Value {
+    json!({
+        "uid": "7f0e2b4c-uid",
+        "kind": {"group": "monivault.io", "version": "v1alpha1", "kind": kind},
+        "resource": {"group": "monivault.io", "version": "v1alpha1", "resource": resource},
+        "name": object["metadata"]["name"],
+        "namespace": NS,
+        "operation": operation,
+        "userInfo": {"username": user, "uid": format!("{user}-uid"), "groups": ["system:authenticated"]},
+        "object": object,
+        "oldObject": null,
+        "dryRun": false,
+    })
+}
+
+fn item_request(operation: &str, object: &Value) -> Value {
+    request("VaultItem", "vaultitems", operation, "alice", object)
+}
+
+/// A CredentialSet item; `password` is the plaintext-or-mask field.
+fn credential_set(password: Option<&str>, sealed: Option<&str>) -> Value {
+    let mut spec = json!({
+        "type": "CredentialSet",
+        "section": "checkout",
+        "allowedHosts": ["shop.example.com"],
+        "credentialSet": {"username": "bot"},
+    });
+    if let Some(password) = password {
+        spec["credentialSet"]["password"] = json!(password);
+    }
+    if let Some(sealed) = sealed {
+        spec["sealed"] = json!({"password": sealed});
+    }
+    json!({
+        "apiVersion": "monivault.io/v1alpha1",
+        "kind": "VaultItem",
+        "metadata": {"name": ITEM, "namespace": NS},
+        "spec": spec,
+    })
+}
+
+/// What `kubectl apply` sends: the object, with itself in the last-applied annotation.
+fn applied_with_kubectl(mut object: Value) -> Value {
+    let config = format!("{object}\n");
+    object["metadata"]["annotations"] = json!({ LAST_APPLIED: config });
+    object
+}
+
+struct Outcome {
+    response: AdmissionResponse,
+    /// The whole AdmissionReview as it goes back to the API server.
+    wire: String,
+    /// The JSONPatch, decoded (on the wire it is an array of bytes).
+    patch: Option<Value>,
+}
+
+impl Outcome {
+    fn new(response: AdmissionResponse) -> Self {
+        let wire = serde_json::to_string(&response.clone().into_review()).expect("serializes");
+        let patch = response
+            .patch
+            .as_ref()
+            .map(|bytes| serde_json::from_slice(bytes).expect("the patch is JSON"));
+        Outcome {
+            response,
+            wire,
+            patch,
+        }
+    }
+
+    fn message(&self) -> &str {
+        &self.response.result.message
+    }
+
+    /// The plaintext appears nowhere: not in the response, not in the patch, in no form.
+    fn assert_no_plaintext(&self, plaintext: &str) {
+        let patch = self
+            .patch
+            .as_ref()
+            .map(Value::to_string)
+            .unwrap_or_default();
+        let forms = [
+            plaintext.to_owned(),
+            STANDARD.encode(plaintext),
+            URL_SAFE_NO_PAD.encode(plaintext),
+        ];
+        for form in &forms {
+            assert!(
+                !self.wire.contains(form.as_str()),
+                "response holds {form:?}: {}",
+                self.wire
+            );
+            assert!(
+                !patch.contains(form.as_str()),
+                "patch holds {form:?}: {patch}"
+            );
+        }
+    }
+
+    /// Applies the patch's `add`/`replace` operations to `object`.
+    fn patched(&self, object: &Value) -> Value {
+        let mut doc = object.clone();
+        for op in self
+            .patch
+            .as_ref()
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let path = op["path"].as_str().expect("path");
+            let (parent, key) = path.rsplit_once('/').expect("a member path");
+            let key = key.replace("~1", "/").replace("~0", "~");
+            let parent = doc
+                .pointer_mut(parent)
+                .and_then(Value::as_object_mut)
+                .expect("RFC 6902: the parent exists and is an object");
+            match op["op"].as_str() {
+                Some("add") => {
+                    parent.insert(key, op["value"].clone());
+                }
+                Some("replace") => {
+                    let target = parent
+                        .get_mut(&key)
+                        .expect("RFC 6902: replace needs an existing member");
+                    *target = op["value"].clone();
+                }
+                other => panic!("unexpected op {other:?}"),
+            }
+        }
+        doc
+    }
+}
+
+async fn admit_item(keys: &Keys<MemoryStore>, request: Value) -> Outcome {
+    let review = webhook::review(&body(request), |req| async move {
+        seal_vault_item(keys, &req).await
+    })
+    .await;
+    Outcome::new(review.response.expect("a response"))
+}
+
+/// Opens a sealed password of `ITEM`, as the controller would.
+async fn open(keys: &Keys<MemoryStore>, item: &str, sealed: &str) -> String {
+    let keyring = keys.keyring().await.expect("keyring");
+    let root = keys.root_for(&keyring).await.expect("root");
+    let binding = SealBinding {
+        namespace: NS,
+        item,
+        field: "password",
+    };
+    let plaintext = keyring.open_sealed(&root, &binding, sealed).expect("opens");
+    String::from_utf8(plaintext.expose().to_vec()).expect("utf-8")
+}
+
+/// Seals `plaintext` for `item`'s password, as `monivault seal` does.
+async fn seal_for(keys: &Keys<MemoryStore>, item: &str, plaintext: &str) -> String {
+    let keyring = keys.ensure_environment(NS).await.expect("environment");
+    let root = keys.root_for(&keyring).await.expect("root");
+    let public_key = keyring.sealing_public_key(&root, NS).expect("public key");
+    let binding = SealBinding {
+        namespace: NS,
+        item,
+        field: "password",
+    };
+    seal(&public_key, &binding, plaintext.as_bytes()).expect("seals")
+}
+
+// ---------------------------------------------------------------------------------------
+// The VaultItem mutating webhook
+
+#[tokio::test]
+async fn a_plaintext_password_comes_out_sealed_and_masked_in_spec_and_in_last_applied() {
+    let keys = keys().await;
+    let object = applied_with_kubectl(credential_set(Some(PASSWORD), None));
+    let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
+
+    assert!(outcome.response.allowed, "{}", outcome.message());
+    outcome.assert_no_plaintext(PASSWORD);
+    let stored = outcome.patched(&object);
+    assert_eq!(stored["spec"]["credentialSet"]["password"], SECRET_MASK);
+    assert_eq!(stored["spec"]["credentialSet"]["username"], "bot");
+    let sealed = stored["spec"]["sealed"]["password"]
+        .as_str()
+        .expect("sealed");
+    assert!(sealed.starts_with("mv1.s.1."), "{sealed}");
+    assert_eq!(open(&keys, ITEM, sealed).await, PASSWORD);
+
+    let last_applied: Value = serde_json::from_str(
+        stored["metadata"]["annotations"][LAST_APPLIED]
+            .as_str()
+            .expect("annotation"),
+    )
+    .expect("the annotation is still JSON");
+    assert_eq!(
+        last_applied["spec"]["credentialSet"]["password"],
+        SECRET_MASK
+    );
+    assert_eq!(last_applied["spec"]["sealed"]["password"], sealed);
+    assert!(!stored.to_string().contains(PASSWORD));
+    // The item arrived before any VaultSection: the webhook created the keys.
+    let keyring = keys.keyring().await.expect("keyring");
+    assert!(keyring.environments.contains_key(NS));
+}
+
+#[tokio::test]
+async fn applying_the_same_plaintext_twice_gives_the_same_object() {
+    let keys = keys().await;
+    let config = credential_set(Some(PASSWORD), None);
+    let first = applied_with_kubectl(config.clone());
+    let outcome = admit_item(&keys, item_request("CREATE", &first)).await;
+    let stored = outcome.patched(&first);
+
+    // kubectl's three-way merge of the same file: the plaintext comes back, and
+    // spec.sealed.password, in the last-applied annotation but not in the file, goes.
+    let mut again = applied_with_kubectl(config);
+    again["spec"]["sealed"] = json!({});
+    let mut update = item_request("UPDATE", &again);
+    update["oldObject"] = stored.clone();
+    let outcome = admit_item(&keys, update).await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+    outcome.assert_no_plaintext(PASSWORD);
+    assert_eq!(
+        outcome.patched(&again),
+        stored,
+        "same sealed value, same annotation"
+    );
+
+    // A new password is sealed afresh.
+    let changed = applied_with_kubectl(credential_set(Some("a-new-password-0042"), None));
+    let mut update = item_request("UPDATE", &changed);
+    update["oldObject"] = stored.clone();
+    let outcome = admit_item(&keys, update).await;
+    outcome.assert_no_plaintext("a-new-password-0042");
+    let sealed = outcome.patched(&changed)["spec"]["sealed"]["password"].clone();
+    assert_ne!(sealed, stored["spec"]["sealed"]["password"]);
+    assert_eq!(
+        open(&keys, ITEM, sealed.as_str().expect("sealed")).await,
+        "a-new-password-0042"
+    );
+}
+
+#[tokio::test]
+async fn every_write_only_field_of_an_archive_is_sealed_into_its_own_slot() {
+    let keys = keys().await;
+    let archive = STANDARD.encode(b"not really pkcs12, but the webhook does not care");
+    let object = json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": "client-cert", "namespace": NS},
+        "spec": {"type": "CertificateArchive", "section": "checkout", "allowedHosts": ["shop.example.com"],
+                 "certificateArchive": {"archive": archive, "password": PASSWORD},
+                 "sealed": {}},
+    });
+    let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+    outcome.assert_no_plaintext(PASSWORD);
+    outcome.assert_no_plaintext(&archive);
+    let stored = outcome.patched(&object);
+    assert_eq!(stored["spec"]["certificateArchive"]["archive"], SECRET_MASK);
+    assert_eq!(
+        stored["spec"]["certificateArchive"]["password"],
+        SECRET_MASK
+    );
+    assert!(stored["spec"]["sealed"]["archive"].is_string());
+    assert!(stored["spec"]["sealed"]["archivePassword"].is_string());
+}
+
+#[tokio::test]
+async fn an_item_with_only_sealed_values_passes_unchanged() {
+    let keys = keys().await;
+    let sealed = seal_for(&keys, ITEM, PASSWORD).await;
+    for password in [None, Some(SECRET_MASK)] {
+        let object = applied_with_kubectl(credential_set(password, Some(&sealed)));
+        let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
+        assert!(outcome.response.allowed, "{}", outcome.message());
+        assert!(
+            outcome.patch.is_none(),
+            "no drift for GitOps: {:?}",
+            outcome.patch
+        );
+        assert!(outcome.response.warnings.is_none());
+        assert!(!outcome.wire.contains("\"patch\""), "{}", outcome.wire);
+    }
+}
+
+#[tokio::test]
+async fn an_unchanged_sealed_value_is_not_checked_again_on_update() {
+    let keys = keys().await;
+    let sealed = seal_for(&keys, ITEM, PASSWORD).await;
+    // The keys it was sealed under are gone (e.g. past retention): a label change must
+    // still go through, while a new sealed value under them would not.
+    let stale = sealed.replacen("mv1.s.1.", "mv1.s.7.", 1);
+    let old = credential_set(Some(SECRET_MASK), Some(&stale));
+    let mut new = old.clone();
+    new["metadata"]["labels"] = json!({"team": "checkout"});
+    let mut update = item_request("UPDATE", &new);
+    update["oldObject"] = old;
+    let outcome = admit_item(&keys, update).await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+    assert!(outcome.patch.is_none());
+}
+
+#[tokio::test]
+async fn a_sealed_value_copied_from_another_item_is_refused_naming_the_field() {
+    let keys = keys().await;
+    let copied = seal_for(&keys, "other-login", PASSWORD).await;
+    let object = credential_set(Some(SECRET_MASK), Some(&copied));
+    let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
+    assert!(!outcome.response.allowed);
+    assert_eq!(outcome.response.result.code, 422);
+    let message = outcome.message();
+    assert!(message.contains("spec.sealed.password"), "{message}");
+    assert!(message.contains("\"shop-login\""), "{message}");
+    assert!(message.contains("does not open"), "{message}");
+    outcome.assert_no_plaintext(PASSWORD);
+}
+
+#[tokio::test]
+async fn a_sealed_value_naming_an_unknown_key_version_is_refused() {
+    let keys = keys().await;
+    let sealed = seal_for(&keys, ITEM, PASSWORD).await;
+    let unknown = sealed.replacen("mv1.s.1.", "mv1.s.9.", 1);
+    let object = credential_set(None, Some(&unknown));
+    let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
+    assert!(!outcome.response.allowed);
+    let message = outcome.message();
+    assert!(message.contains("spec.sealed.password"), "{message}");
+    assert!(message.contains("sealing key version 9"), "{message}");
+
+    let malformed = credential_set(None, Some("mv1.s.1.not*base64"));
+    let outcome = admit_item(&keys, item_request("CREATE", &malformed)).await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome.message().contains("malformed sealed value"),
+        "{}",
+        outcome.message()
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_creates_no_keys() {
+    let keys = keys().await;
+    let before = keys.keyring().await.expect("keyring");
+    let object = applied_with_kubectl(credential_set(Some(PASSWORD), None));
+    let mut dry_run = item_request("CREATE", &object);
+    dry_run["dryRun"] = json!(true);
+
+    let outcome = admit_item(&keys, dry_run.clone()).await;
+    assert!(!outcome.response.allowed);
+    let message = outcome.message();
+    assert!(message.contains("do not exist yet"), "{message}");
+    assert!(message.contains("retry without --dry-run"), "{message}");
+    outcome.assert_no_plaintext(PASSWORD);
+    assert_eq!(
+        keys.keyring().await.expect("keyring"),
+        before,
+        "nothing was written"
+    );
+
+    // Once the keys exist a dry run seals (sealing is pure) and still writes nothing.
+    keys.ensure_environment(NS).await.expect("environment");
+    let with_keys = keys.keyring().await.expect("keyring");
+    let outcome = admit_item(&keys, dry_run).await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+    outcome.assert_no_plaintext(PASSWORD);
+    assert!(outcome.patch.is_some());
+    assert_eq!(keys.keyring().await.expect("keyring"), with_keys);
+}
+
+#[tokio::test]
+async fn a_too_long_or_empty_password_is_refused_without_echoing_it() {
+    let keys = keys().await;
+    let long = format!("{PASSWORD}{}", "x".repeat(2000));
+    for (password, expected) in [
+        (long.as_str(), "too long: at most 1024 bytes"),
+        ("", "is empty"),
+    ] {
+        let object = credential_set(Some(password), None);
+        let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
+        assert!(!outcome.response.allowed);
+        assert!(
+            outcome.message().contains("spec.credentialSet.password"),
+            "{}",
+            outcome.message()
+        );
+        assert!(
+            outcome.message().contains(expected),
+            "{}",
+            outcome.message()
+        );
+        if !password.is_empty() {
+            outcome.assert_no_plaintext(password);
+        }
+    }
+    let keyring = keys.keyring().await.expect("keyring");
+    assert!(
+        !keyring.environments.contains_key(NS),
+        "refused before any side effect"
+    );
+}
+
+#[tokio::test]
+async fn a_plaintext_in_the_wrong_place_is_refused_without_echoing_it() {
+    let keys = keys().await;
+    let mut object = credential_set(Some(PASSWORD), None);
+    // `secret: <token>` instead of `secret: {value: <token>}`.
+    object["spec"]["secret"] = json!(PASSWORD);
+    let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome.message().contains("expected struct SecretSpec"),
+        "{}",
+        outcome.message()
+    );
+    outcome.assert_no_plaintext(PASSWORD);
+
+    // A field of another type's, holding a plaintext.
+    let mut object = credential_set(Some(SECRET_MASK), None);
+    object["spec"]["secret"] = json!({"value": PASSWORD});
+    let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome.message().contains("spec.secret.value"),
+        "{}",
+        outcome.message()
+    );
+    outcome.assert_no_plaintext(PASSWORD);
+}
+
+#[tokio::test]
+async fn an_unreadable_last_applied_annotation_is_replaced_not_kept() {
+    let keys = keys().await;
+    let mut object = credential_set(Some(PASSWORD), None);
+    object["metadata"]["annotations"] = json!({ LAST_APPLIED: format!("{{truncated {PASSWORD}") });
+    let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+    outcome.assert_no_plaintext(PASSWORD);
+    let stored = outcome.patched(&object);
+    let last_applied: Value = serde_json::from_str(
+        stored["metadata"]["annotations"][LAST_APPLIED]
+            .as_str()
+            .expect("set"),
+    )
+    .expect("replaced by JSON");
+    assert_eq!(
+        last_applied["spec"]["credentialSet"]["password"],
+        SECRET_MASK
+    );
+    assert_eq!(last_applied["spec"]["sealed"], stored["spec"]["sealed"]);
+    let warnings = outcome.response.warnings.clone().unwrap_or_default();
+    assert!(
+        warnings.iter().any(|w| w.contains(LAST_APPLIED)),
+        "{warnings:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_item_without_allowed_hosts_gets_a_warning() {
+    let keys = keys().await;
+    let sealed = seal_for(&keys, ITEM, PASSWORD).await;
+    let mut object = credential_set(None, Some(&sealed));
+    object["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("allowedHosts");
+    let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
+    assert!(outcome.response.allowed);
+    assert!(outcome.patch.is_none());
+    let warnings = outcome.response.warnings.clone().unwrap_or_default();
+    assert!(
+        warnings.iter().any(|w| w.contains("no allowedHosts")),
+        "{warnings:?}"
+    );
+}
+
+#[tokio::test]
+async fn deletes_status_writes_and_other_kinds_pass_through_or_are_refused() {
+    let keys = keys().await;
+    let object = credential_set(Some(SECRET_MASK), Some("mv1.s.1.AAAA"));
+    let mut delete = item_request("DELETE", &object);
+    delete["oldObject"] = object.clone();
+    delete["object"] = Value::Null;
+    let outcome = admit_item(&keys, delete).await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+    assert!(outcome.patch.is_none());
+
+    let mut status = item_request("UPDATE", &object);
+    status["subResource"] = json!("status");
+    assert!(admit_item(&keys, status).await.response.allowed);
+
+    // Registered for the wrong resource by mistake: refuse rather than wave through.
+    let pod = request("Pod", "pods", "CREATE", "alice", &object);
+    let outcome = admit_item(&keys, pod).await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome.message().contains("VaultItems only"),
+        "{}",
+        outcome.message()
+    );
+    let outcome = authorize(request(
+        "VaultItem",
+        "vaultitems",
+        "CREATE",
+        "alice",
+        &object,
+    ))
+    .await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome.message().contains("Monitors and MonitorRuns only"),
+        "{}",
+        outcome.message()
+    );
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_bodies_get_clean_errors() {
+    let keys = keys().await;
+    let answer = |body: Vec<u8>| {
+        let keys = &keys;
+        async move {
+            let review: AdmissionReview<DynamicObject> =
+                webhook::review(
+                    &body,
+                    |req| async move { seal_vault_item(keys, &req).await },
+                )
+                .await;
+            let wire = serde_json::to_string(&review).expect("serializes");
+            (review.response.expect("a response"), wire)
+        }
+    };
+    let valid = body(item_request(
+        "CREATE",
+        &credential_set(Some(PASSWORD), None),
+    ));
+    let mut oversized = valid.clone();
+    oversized.resize(MAX_BODY_BYTES + 1, b' ');
+    let mut wrong_field_type = serde_json::from_slice::<Value>(&valid).expect("json");
+    wrong_field_type["request"]["dryRun"] = json!(PASSWORD);
+    let mut no_request = serde_json::from_slice::<Value>(&valid).expect("json");
+    no_request
+        .as_object_mut()
+        .expect("object")
+        .remove("request");
+
+    let cases: Vec<(&str, Vec<u8>, &str, u16)> = vec![
+        ("empty", Vec::new(), "not JSON", 400),
+        (
+            "not json",
+            format!("{{\"password\": {PASSWORD}").into_bytes(),
+            "not JSON",
+            400,
+        ),
+        ("binary", vec![0xff, 0xfe, 0x00, 0x01], "not JSON", 400),
+        (
+            "a JSON string",
+            json!(PASSWORD).to_string().into_bytes(),
+            "expected kind AdmissionReview",
+            400,
+        ),
+        (
+            "wrong kind",
+            json!({"kind": "Pod", "apiVersion": "v1"})
+                .to_string()
+                .into_bytes(),
+            "expected kind AdmissionReview",
+            400,
+        ),
+        (
+            "no request",
+            no_request.to_string().into_bytes(),
+            "has no request",
+            400,
+        ),
+        (
+            "a field of the wrong type",
+            wrong_field_type.to_string().into_bytes(),
+            "does not parse",
+            400,
+        ),
+        ("oversized", oversized, "over the limit", 413),
+    ];
+    for (case, body, expected, code) in cases {
+        let (response, wire) = answer(body).await;
+        assert!(!response.allowed, "{case}");
+        assert_eq!(response.result.code, code, "{case}");
+        assert!(
+            response.result.message.contains(expected),
+            "{case}: {}",
+            response.result.message
+        );
+        assert!(!wire.contains(PASSWORD), "{case}: {wire}");
+        assert!(
+            wire.contains("\"kind\":\"AdmissionReview\""),
+            "{case}: {wire}"
+        );
+    }
+    // When the uid can be read, it is echoed, so the API server can match the answer.
+    let (response, _) = answer(wrong_field_type.to_string().into_bytes()).await;
+    assert_eq!(response.uid, "7f0e2b4c-uid");
+}
+
+// ---------------------------------------------------------------------------------------
+// The Monitor / MonitorRun authorization
+
+/// Grants of `use`, as (user, resource, name).
+struct Grants(BTreeSet<(String, String, String)>);
+
+impl Grants {
+    fn new(grants: &[(&str, &str, &str)]) -> Self {
+        Grants(
+            grants
+                .iter()
+                .map(|(u, r, n)| (u.to_string(), r.to_string(), n.to_string()))
+                .collect(),
+        )
+    }
+}
+
+impl Authorizer for Grants {
+    async fn allowed(
+        &self,
+        user: &UserInfo,
+        check: &AccessCheck<'_>,
+    ) -> Result<bool, AuthorizeError> {
+        assert_eq!(check.namespace, NS);
+        let key = (
+            user.username.clone().unwrap_or_default(),
+            check.resource.as_str().to_owned(),
+            check.name.to_owned(),
+        );
+        Ok(check.verb == "use" && self.0.contains(&key))
+    }
+}
+
+/// The shop namespace: its items (name → section) and saved monitors.
+struct Shop {
+    sections: BTreeMap<String, String>,
+    monitors: BTreeMap<String, MonitorSpec>,
+}
+
+impl Shop {
+    fn new() -> Self {
+        Shop {
+            sections: BTreeMap::from([
+                (ITEM.to_owned(), "checkout".to_owned()),
+                ("shop-api-token".to_owned(), "checkout".to_owned()),
+                ("bank-token".to_owned(), "payments".to_owned()),
+            ]),
+            monitors: BTreeMap::from([(
+                "shop".to_owned(),
+                serde_json::from_value(shop_monitor_spec("https://shop.example.com/login"))
+                    .expect("spec"),
+            )]),
+        }
+    }
+}
+
+impl ItemSectionLookup for Shop {
+    async fn section_of(
+        &self,
+        namespace: &str,
+        item: &str,
+    ) -> Result<Option<String>, AuthorizeError> {
+        assert_eq!(namespace, NS);
+        Ok(self.sections.get(item).cloned())
+    }
+}
+
+impl MonitorLookup for Shop {
+    async fn monitor_spec(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<MonitorSpec>, AuthorizeError> {
+        assert_eq!(namespace, NS);
+        Ok(self.monitors.get(name).cloned())
+    }
+}
+
+fn shop_monitor_spec(url: &str) -> Value {
+    json!({
+        "url": url,
+        "auth": {"basic": {"credentialSet": ITEM}},
+        "headers": [{"name": "X-Api-Key", "value": "{{@VaultItem.shop-api-token.Value}}"}],
+    })
+}
+
+fn monitor(spec: Value) -> Value {
+    json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+        "metadata": {"name": "shop", "namespace": NS},
+        "spec": spec,
+    })
+}
+
+fn monitor_update(user: &str, old: Value, new: Value) -> Value {
+    let mut update = request("Monitor", "monitors", "UPDATE", user, &new);
+    update["oldObject"] = old;
+    update
+}
+
+fn monitor_run(spec: Value) -> Value {
+    json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "MonitorRun",
+        "metadata": {"name": "test-now-1", "namespace": NS},
+        "spec": spec,
+    })
+}
+
+async fn authorize_with(authorizer: &impl Authorizer, request: Value) -> Outcome {
+    let shop = Shop::new();
+    let review = webhook::review(&body(request), |req| {
+        let shop = &shop;
+        async move { authorize_monitor_write(authorizer, shop, shop, &req).await }
+    })
+    .await;
+    Outcome::new(review.response.expect("a response"))
+}
+
+async fn authorize(request: Value) -> Outcome {
+    let grants = Grants::new(&[
+        ("alice", "vaultitems", ITEM),
+        ("alice", "vaultitems", "shop-api-token"),
+        ("bob", "vaultsections", "checkout"),
+        ("mallory", "vaultitems", "mallory-token"),
+    ]);
+    authorize_with(&grants, request).await
+}
+
+#[tokio::test]
+async fn mallory_cannot_point_the_shop_monitor_at_her_own_host() {
+    let old = monitor(shop_monitor_spec("https://shop.example.com/login"));
+    let new = monitor(shop_monitor_spec("https://mallory.example.net/collect"));
+    let outcome = authorize(monitor_update("mallory", old, new)).await;
+    assert!(!outcome.response.allowed);
+    assert_eq!(outcome.response.result.code, 403);
+    let message = outcome.message();
+    assert!(message.contains("\"mallory\""), "{message}");
+    // Every item not allowed, sorted.
+    assert!(
+        message.contains("vault item(s) shop-api-token, shop-login in namespace"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn removing_the_reference_also_needs_use() {
+    let old = monitor(shop_monitor_spec("https://shop.example.com/login"));
+    let new = monitor(json!({"url": "https://shop.example.com/login"}));
+    let outcome = authorize(monitor_update("mallory", old, new)).await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome.message().contains("shop-api-token, shop-login"),
+        "{}",
+        outcome.message()
+    );
+}
+
+#[tokio::test]
+async fn adding_an_item_to_another_monitor_needs_use() {
+    let mut spec = json!({"url": "https://mallory.example.net/"});
+    spec["auth"] = json!({"bearer": {"secret": "bank-token"}});
+    let create = request("Monitor", "monitors", "CREATE", "mallory", &monitor(spec));
+    let outcome = authorize(create).await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome.message().contains("vault item(s) bank-token in"),
+        "{}",
+        outcome.message()
+    );
+}
+
+#[tokio::test]
+async fn use_on_the_item_or_on_the_section_is_enough() {
+    for user in ["alice", "bob"] {
+        let old = monitor(shop_monitor_spec("https://shop.example.com/login"));
+        let new = monitor(shop_monitor_spec("https://shop.example.com/v2/login"));
+        let outcome = authorize(monitor_update(user, old, new)).await;
+        assert!(outcome.response.allowed, "{user}: {}", outcome.message());
+    }
+    // bob's section grant does not reach an item of another section.
+    let mut spec = shop_monitor_spec("https://shop.example.com/login");
+    spec["body"] = json!("token={{@VaultItem.bank-token.Value}}");
+    let outcome = authorize(request(
+        "Monitor",
+        "monitors",
+        "CREATE",
+        "bob",
+        &monitor(spec),
+    ))
+    .await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome.message().contains("vault item(s) bank-token in"),
+        "{}",
+        outcome.message()
+    );
+}
+
+#[tokio::test]
+async fn an_item_that_does_not_exist_needs_use_by_name() {
+    let spec =
+        json!({"url": "https://shop.example.com/", "auth": {"bearer": {"secret": "future-token"}}});
+    let outcome = authorize(request(
+        "Monitor",
+        "monitors",
+        "CREATE",
+        "bob",
+        &monitor(spec),
+    ))
+    .await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome.message().contains("future-token"),
+        "{}",
+        outcome.message()
+    );
+}
+
+#[tokio::test]
+async fn metadata_only_change_by_mallory_is_allowed() {
+    let old = monitor(shop_monitor_spec("https://shop.example.com/login"));
+    let mut new = old.clone();
+    new["metadata"]["labels"] = json!({"owner": "mallory"});
+    new["metadata"]["finalizers"] = json!(["example.com/keep"]);
+    let outcome = authorize(monitor_update("mallory", old.clone(), new)).await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+
+    // A status write is not checked either.
+    let mut status = monitor_update("mallory", old.clone(), old);
+    status["subResource"] = json!("status");
+    status["object"]["status"] = json!({"lastResult": "Passed"});
+    let outcome = authorize(status).await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+}
+
+#[tokio::test]
+async fn a_monitor_without_items_needs_no_grant() {
+    let spec = json!({"url": "https://mallory.example.net/", "body": "{{not a placeholder}}"});
+    let outcome = authorize(request(
+        "Monitor",
+        "monitors",
+        "CREATE",
+        "mallory",
+        &monitor(spec),
+    ))
+    .await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+}
+
+#[tokio::test]
+async fn an_inline_monitor_run_naming_the_item_is_denied() {
+    let spec = json!({"monitor": {"url": "https://mallory.example.net/?p={{@VaultItem.shop-login.Password}}"}});
+    let run = request(
+        "MonitorRun",
+        "monitorruns",
+        "CREATE",
+        "mallory",
+        &monitor_run(spec.clone()),
+    );
+    let outcome = authorize(run).await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome.message().contains("vault item(s) shop-login in"),
+        "{}",
+        outcome.message()
+    );
+    assert!(
+        outcome.message().contains("this MonitorRun"),
+        "{}",
+        outcome.message()
+    );
+
+    let run = request(
+        "MonitorRun",
+        "monitorruns",
+        "CREATE",
+        "alice",
+        &monitor_run(spec),
+    );
+    assert!(authorize(run).await.response.allowed);
+}
+
+#[tokio::test]
+async fn a_run_of_the_shop_monitor_needs_use_on_its_items() {
+    let spec = json!({"monitorRef": {"name": "shop"}});
+    let run = request(
+        "MonitorRun",
+        "monitorruns",
+        "CREATE",
+        "mallory",
+        &monitor_run(spec.clone()),
+    );
+    let outcome = authorize(run).await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome.message().contains("shop-api-token, shop-login"),
+        "{}",
+        outcome.message()
+    );
+
+    let run = request(
+        "MonitorRun",
+        "monitorruns",
+        "CREATE",
+        "bob",
+        &monitor_run(spec),
+    );
+    assert!(authorize(run).await.response.allowed);
+
+    let missing = json!({"monitorRef": {"name": "nope"}});
+    let run = request(
+        "MonitorRun",
+        "monitorruns",
+        "CREATE",
+        "alice",
+        &monitor_run(missing),
+    );
+    let outcome = authorize(run).await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome.message().contains("no such Monitor"),
+        "{}",
+        outcome.message()
+    );
+}
+
+#[tokio::test]
+async fn a_hostile_placeholder_is_refused_with_its_position() {
+    let cases = [
+        (
+            json!({"url": "https://shop.example.com/", "body": "ok {{ @VaultItem.shop-login.Password}}"}),
+            "spec.body: placeholder at offset 3",
+        ),
+        (
+            json!({"url": "https://shop.example.com/", "headers": [{"name": "A", "value": "x"}, {"name": "B", "value": "{{@VaultItem.shop-login.Password"}]}),
+            "spec.headers[1].value: placeholder at offset 0: unterminated",
+        ),
+        (
+            json!({"url": "https://shop.example.com/?{{@VaultItem.{{@VaultItem.a.Value}}.Value}}"}),
+            "spec.url: placeholder at offset 26",
+        ),
+        (
+            json!({"url": "https://shop.example.com/", "body": "{{@Env.HOME.Value}}"}),
+            "unknown source",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let outcome = authorize(request(
+            "Monitor",
+            "monitors",
+            "CREATE",
+            "alice",
+            &monitor(spec),
+        ))
+        .await;
+        assert!(!outcome.response.allowed);
+        assert_eq!(outcome.response.result.code, 422);
+        assert!(
+            outcome.message().contains(expected),
+            "{expected}: {}",
+            outcome.message()
+        );
+    }
+}
+
+#[tokio::test]
+async fn independent_reviews_run_concurrently() {
+    /// Holds every review until all three items are being checked at once.
+    struct Gate(Barrier);
+    impl Authorizer for Gate {
+        async fn allowed(&self, _: &UserInfo, _: &AccessCheck<'_>) -> Result<bool, AuthorizeError> {
+            self.0.wait().await;
+            Ok(true)
+        }
+    }
+    let mut spec = shop_monitor_spec("https://shop.example.com/login");
+    spec["body"] = json!("{{@VaultItem.bank-token.Value}}");
+    let gate = Gate(Barrier::new(3));
+    let create = request("Monitor", "monitors", "CREATE", "alice", &monitor(spec));
+    let outcome = tokio::time::timeout(Duration::from_secs(10), authorize_with(&gate, create))
+        .await
+        .expect("the three reviews ran at the same time");
+    assert!(outcome.response.allowed);
+}
+
+#[tokio::test]
+async fn a_failing_review_denies_with_the_reason() {
+    struct Down;
+    impl Authorizer for Down {
+        async fn allowed(&self, _: &UserInfo, _: &AccessCheck<'_>) -> Result<bool, AuthorizeError> {
+            Err(AuthorizeError::Other(
+                "the API server is unreachable".into(),
+            ))
+        }
+    }
+    let create = request(
+        "Monitor",
+        "monitors",
+        "CREATE",
+        "alice",
+        &monitor(shop_monitor_spec("https://shop.example.com/")),
+    );
+    let outcome = authorize_with(&Down, create).await;
+    assert!(!outcome.response.allowed);
+    assert_eq!(outcome.response.result.code, 500);
+    assert!(
+        outcome.message().contains("unreachable"),
+        "{}",
+        outcome.message()
+    );
+}
