@@ -196,7 +196,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
                 ),
             );
             tokio::select! {
-                () = controller::run(client, keys, args.watch_namespace, args.instance, metrics) => {},
+                () = controller::run(client, keys, args.namespace.clone(), args.watch_namespace, args.instance, metrics) => {},
                 () = rotation => {},
             }
             Ok::<(), leader::LeaderError>(())

@@ -85,6 +85,27 @@ async fn a_sealed_item_becomes_ready_and_only_the_root_key_opens_its_record() {
     assert_eq!(opened.expose(), plaintext.as_bytes());
     c.assert_not_in_etcd(&[plaintext]);
 
+    // A rotation in another process re-encrypts the record; the status follows it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_monivault"))
+        .args([
+            "rotate",
+            "data-key",
+            "--namespace",
+            &store_ns,
+            "--environment",
+            &ns,
+        ])
+        .args(["--wait", "--data-key-retire-grace", "0s"])
+        .env("KUBECONFIG", c.var("KUBECONFIG"))
+        .output()
+        .expect("run monivault rotate");
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    eventually("status.keyVersion 2", || async {
+        let status = items.get("shop-login").await.ok()?.status?;
+        (status.key_version == Some(2)).then_some(())
+    })
+    .await;
+
     // Deleting the item deletes its record.
     items
         .delete("shop-login", &DeleteParams::default())

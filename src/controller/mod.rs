@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
@@ -34,7 +35,7 @@ use crate::api::vault_item::VaultItem;
 use crate::api::vault_section::VaultSection;
 use crate::crypto::CryptoError;
 use crate::runner::template::referenced_items;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, layout};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{ItemCounts, ItemState};
 use keys::{KeyError, Keys};
@@ -187,6 +188,7 @@ async fn refresh_gauges<S: Store>(ctx: Arc<Context<S>>, items: reflector::Store<
 pub async fn run<S: Store>(
     client: Client,
     keys: Arc<Keys<S>>,
+    store_namespace: String,
     watch_namespace: Option<String>,
     instance: String,
     metrics: Arc<Metrics>,
@@ -237,10 +239,30 @@ pub async fn run<S: Store>(
     let items = Controller::new(
         scoped::<VaultItem>(&client, watch_namespace),
         watcher::Config::default().any_semantic(),
-    )
-    .watches(monitor_api, watcher::Config::default(), mapper)
-    .shutdown_on_signal();
+    );
     let item_cache = items.store();
+    // A record written behind the controller's back (re-encrypted by a rotation, possibly
+    // in another process) touches its item, so `status.keyVersion` follows at once.
+    let records = Api::<Secret>::namespaced(client.clone(), &store_namespace);
+    let stale_items = item_cache.clone();
+    let record_mapper = move |secret: Secret| {
+        let Ok((key, record)) = layout::parse_record(&secret) else {
+            return None;
+        };
+        let item = ObjectRef::<VaultItem>::new(&key.name).within(&key.namespace);
+        let shown = stale_items
+            .get(&item)
+            .and_then(|i| i.status.as_ref().and_then(|s| s.key_version));
+        (shown.is_some() && shown != Some(record.key_version)).then_some(item)
+    };
+    let items = items
+        .watches(monitor_api, watcher::Config::default(), mapper)
+        .watches(
+            records,
+            watcher::Config::default().labels(&layout::record_selector()),
+            record_mapper,
+        )
+        .shutdown_on_signal();
     let items = items
         .run(
             |item, ctx: Arc<Context<S>>| async move {
