@@ -405,3 +405,44 @@ async fn a_certificate_item_reports_the_facts_of_its_pem() {
     assert_eq!(status.certificate, None);
     assert!(operator.is_running(), "the operator died");
 }
+
+#[tokio::test]
+async fn a_sealing_key_rotation_is_published_on_the_section_at_once() {
+    let c = cluster();
+    let admin = c.admin().await;
+    let ns = c.temp_namespace("ctl-publish").await;
+    let store_ns = c.temp_namespace("ctl-store").await;
+    let _operator = Operator::start(c, &store_ns, &ns);
+    let first = section_public_key(&admin, &ns).await;
+    assert_eq!(first.version(), 1);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_monivault"))
+        .args([
+            "rotate",
+            "sealing-key",
+            "--namespace",
+            &store_ns,
+            "--environment",
+            &ns,
+        ])
+        .env("KUBECONFIG", c.var("KUBECONFIG"))
+        .output()
+        .expect("run monivault rotate");
+    assert!(out.status.success(), "{}", support::stderr(&out));
+
+    // Well before the section's periodic resync: the keyring watch republishes it.
+    let sections: Api<monivault::api::vault_section::VaultSection> =
+        Api::namespaced(admin.clone(), &ns);
+    let published = eventually("sealing key version 2 on the section", || async {
+        let text = sections
+            .get("checkout")
+            .await
+            .ok()?
+            .status?
+            .sealing_public_key?;
+        let key = SealingPublicKey::parse(&text).ok()?;
+        (key.version() == 2).then_some(key)
+    })
+    .await;
+    assert_ne!(published, first);
+}

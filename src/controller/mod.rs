@@ -280,20 +280,36 @@ pub async fn run<S: Store>(
     let sections = Controller::new(
         scoped::<VaultSection>(&client, watch_namespace),
         watcher::Config::default().any_semantic(),
-    )
-    .shutdown_on_signal()
-    .run(
-        |section, ctx: Arc<Context<S>>| async move {
-            ctx.metrics.reconciled(kind_label::<VaultSection>());
-            let key = backoff_key(section.as_ref());
-            let action = vault_section::reconcile(section, ctx.clone()).await?;
-            ctx.succeeded(&key);
-            Ok(action)
-        },
-        error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| futures::future::ready(()));
+    );
+    // A keyring change (a new sealing key, above all) republishes every section's key now,
+    // not at the next resync.
+    let section_cache = sections.store();
+    let keyring_mapper = move |_: Secret| {
+        section_cache
+            .state()
+            .iter()
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    let sections = sections
+        .watches(
+            Api::<Secret>::namespaced(client.clone(), &store_namespace),
+            watcher::Config::default().fields(&format!("metadata.name={}", layout::KEYRING_SECRET)),
+            keyring_mapper,
+        )
+        .shutdown_on_signal()
+        .run(
+            |section, ctx: Arc<Context<S>>| async move {
+                ctx.metrics.reconciled(kind_label::<VaultSection>());
+                let key = backoff_key(section.as_ref());
+                let action = vault_section::reconcile(section, ctx.clone()).await?;
+                ctx.succeeded(&key);
+                Ok(action)
+            },
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
 
     tokio::select! {
         () = async { tokio::join!(items, sections); } => {},
