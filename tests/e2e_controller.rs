@@ -446,3 +446,162 @@ async fn a_sealing_key_rotation_is_published_on_the_section_at_once() {
     .await;
     assert_ne!(published, first);
 }
+
+#[tokio::test]
+async fn an_altered_store_record_is_rebuilt_from_the_sealed_value() {
+    let c = cluster();
+    let admin = c.admin().await;
+    let ns = c.temp_namespace("ctl-record").await;
+    let store_ns = c.temp_namespace("ctl-store").await;
+    let mut operator = Operator::start(c, &store_ns, &ns);
+    let public_key = section_public_key(&admin, &ns).await;
+    let plaintext = "record-plaintext-90d1c3";
+    let binding = SealBinding {
+        namespace: &ns,
+        item: "shop-login",
+        field: "password",
+    };
+    let sealed = seal(&public_key, &binding, plaintext.as_bytes()).expect("seal");
+    let items: Api<VaultItem> = Api::namespaced(admin.clone(), &ns);
+    items
+        .create(
+            &PostParams::default(),
+            &credential_set("shop-login", &sealed),
+        )
+        .await
+        .expect("create item");
+    let item = ready_condition(&items, "shop-login", "True").await;
+    let uid = item.uid().expect("uid");
+
+    // Someone with access to the store alters one byte of the ciphertext.
+    let store = SecretStore::new(admin.clone(), &store_ns);
+    let key = ItemKey {
+        namespace: ns.clone(),
+        name: "shop-login".into(),
+    };
+    let stored = store.record(&key).await.expect("read").expect("record");
+    let mut altered = stored.value.clone();
+    let text = altered.fields.get_mut("password").expect("password field");
+    let last = text.pop().expect("non-empty");
+    text.push(if last == 'A' { 'B' } else { 'A' });
+    store
+        .put_record(&key, &altered, Some(&stored.resource_version))
+        .await
+        .expect("alter the record");
+
+    // Any change to the item makes the controller look; it notices and rebuilds.
+    let patch = serde_json::json!({"metadata": {"annotations": {"touched": "yes"}}});
+    items
+        .patch(
+            "shop-login",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("touch the item");
+    let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
+    eventually("a StoreRecordInvalid Event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("StoreRecordInvalid"))
+    })
+    .await;
+    let keyring = store
+        .keyring()
+        .await
+        .expect("keyring")
+        .expect("keyring")
+        .value;
+    let roots = store
+        .root_keys()
+        .await
+        .expect("roots")
+        .expect("roots")
+        .value;
+    let root = roots.key(keyring.root_key_version).expect("root");
+    let rebuilt = eventually("a record that opens again", || async {
+        let record = store.record(&key).await.ok()??.value;
+        let binding = ItemBinding {
+            namespace: &ns,
+            item: "shop-login",
+            uid: &uid,
+            field: "password",
+        };
+        keyring
+            .decrypt(&root, &binding, &record.fields["password"])
+            .ok()
+    })
+    .await;
+    assert_eq!(rebuilt.expose(), plaintext.as_bytes());
+    assert!(operator.is_running(), "the operator died");
+}
+
+#[tokio::test]
+async fn used_by_lists_the_monitors_that_reference_the_item() {
+    let c = cluster();
+    let admin = c.admin().await;
+    let ns = c.temp_namespace("ctl-usedby").await;
+    let store_ns = c.temp_namespace("ctl-store").await;
+    let _operator = Operator::start(c, &store_ns, &ns);
+    let public_key = section_public_key(&admin, &ns).await;
+    let binding = SealBinding {
+        namespace: &ns,
+        item: "shop-login",
+        field: "password",
+    };
+    let sealed = seal(&public_key, &binding, b"usedby-plaintext").expect("seal");
+    let items: Api<VaultItem> = Api::namespaced(admin.clone(), &ns);
+    items
+        .create(
+            &PostParams::default(),
+            &credential_set("shop-login", &sealed),
+        )
+        .await
+        .expect("create item");
+    ready_condition(&items, "shop-login", "True").await;
+
+    let monitors: Api<monivault::api::monitor::Monitor> = Api::namespaced(admin.clone(), &ns);
+    let monitor = |name: &str, auth: bool| -> monivault::api::monitor::Monitor {
+        let mut spec = serde_json::json!({"url": "https://shop.example.com/"});
+        if auth {
+            spec["auth"] = serde_json::json!({"basic": {"credentialSet": "shop-login"}});
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .expect("monitor")
+    };
+    for name in ["checkout", "login"] {
+        monitors
+            .create(&PostParams::default(), &monitor(name, true))
+            .await
+            .expect("create monitor");
+    }
+    let used_by = |want: Vec<&'static str>| {
+        let items = items.clone();
+        async move {
+            eventually(&format!("usedBy {want:?}"), || async {
+                let status = items.get("shop-login").await.ok()?.status?;
+                (status.used_by == want).then_some(())
+            })
+            .await
+        }
+    };
+    used_by(vec!["checkout", "login"]).await;
+
+    // Dropping the reference drops the monitor from usedBy, without waiting for a resync.
+    let mut login = monitors.get("login").await.expect("get");
+    login.spec = monitor("login", false).spec;
+    monitors
+        .replace("login", &PostParams::default(), &login)
+        .await
+        .expect("replace");
+    used_by(vec!["checkout"]).await;
+    monitors
+        .delete("checkout", &DeleteParams::default())
+        .await
+        .expect("delete");
+    used_by(vec![]).await;
+}

@@ -94,10 +94,22 @@ async fn apply<S: Store>(
     // An archive's facts are read only at ingest: one stored without them is read again.
     let has_facts =
         item.spec.item_type != ItemType::CertificateArchive || previous.certificate.is_some();
+    // A record that no longer opens (altered in the store, or on a destroyed key) is
+    // rebuilt from the sealed values in the spec, which stay the source of truth.
+    let intact = match &existing {
+        Some(record) if record.value.uid == uid && record.value.source_digest == digest => {
+            let opens = record_opens(ctx, namespace, &name, &uid, &record.value).await?;
+            if !opens {
+                let message = "the stored record does not open; ingesting the sealed values again";
+                tracing::warn!(%key, "{message}");
+                publish_warning(ctx, item, "StoreRecordInvalid", message).await;
+            }
+            opens
+        }
+        _ => false,
+    };
     let outcome = match &existing {
-        Some(record)
-            if record.value.uid == uid && record.value.source_digest == digest && has_facts =>
-        {
+        Some(record) if intact && has_facts => {
             status.changed_at = previous.changed_at.clone();
             status.file = previous.file.clone();
             Ok(record.value.key_version)
@@ -325,6 +337,27 @@ async fn cleanup<S: Store>(
         tracing::info!(%key, "deleted item record");
     }
     Ok(Action::await_change())
+}
+
+/// Whether every field of the record opens under the key it names.
+async fn record_opens<S: Store>(
+    ctx: &Context<S>,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    record: &ItemRecord,
+) -> Result<bool, Error> {
+    let keyring = ctx.keys.keyring().await?;
+    let root = ctx.keys.root_for(&keyring).await?;
+    Ok(record.fields.iter().all(|(field, text)| {
+        let binding = ItemBinding {
+            namespace,
+            item: name,
+            uid,
+            field,
+        };
+        keyring.decrypt(&root, &binding, text).is_ok()
+    }))
 }
 
 /// Identifies the sealed inputs a record was made from, so an unchanged item is not
