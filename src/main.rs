@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use monivault::api::vault_section::VaultSection;
 use monivault::api::{self, SecretField};
 use monivault::controller::{self, keys::Keys, leader};
 use monivault::crypto::{self, Plaintext, SealBinding, SealingPublicKey};
@@ -77,10 +78,14 @@ struct SealArgs {
     /// The write-only field: password, value, archive, archivePassword, content or secret.
     #[arg(long, value_parser = parse_field)]
     field: SecretField,
-    /// A file holding the environment's sealing public key (`mvpk1.…`), as published in
-    /// any VaultSection's `status.sealingPublicKey` in that namespace.
-    #[arg(long)]
-    public_key_file: PathBuf,
+    /// Read the sealing public key from this VaultSection's `status.sealingPublicKey`
+    /// in the cluster (kubeconfig as for kubectl).
+    #[arg(long, required_unless_present = "public_key_file")]
+    section: Option<String>,
+    /// Read the sealing public key (`mvpk1.…`) from this file instead, e.g. to seal
+    /// offline: save a VaultSection's `status.sealingPublicKey` to it.
+    #[arg(long, conflicts_with = "section")]
+    public_key_file: Option<PathBuf>,
     /// Read the value from this file instead of standard input (e.g. a PKCS#12 archive).
     #[arg(long)]
     from_file: Option<PathBuf>,
@@ -103,6 +108,12 @@ enum CliError {
     Crypto(#[from] crypto::CryptoError),
     #[error("the value to seal is empty")]
     EmptyValue,
+    #[error("give --section or --public-key-file")]
+    NoPublicKey,
+    #[error(
+        "VaultSection {namespace}/{section} publishes no sealing key yet: is the monivault operator running?"
+    )]
+    NotPublished { namespace: String, section: String },
     #[error("cannot connect to Kubernetes: {0}")]
     Kube(#[source] kube::Error),
     #[error("{0}")]
@@ -248,12 +259,15 @@ fn print_crds() -> Result<(), CliError> {
 }
 
 fn seal(args: &SealArgs) -> Result<(), CliError> {
-    let key_text =
-        std::fs::read_to_string(&args.public_key_file).map_err(|source| CliError::Read {
+    let key_text = match (&args.public_key_file, &args.section) {
+        (Some(path), _) => std::fs::read_to_string(path).map_err(|source| CliError::Read {
             what: "the public key",
-            path: args.public_key_file.display().to_string(),
+            path: path.display().to_string(),
             source,
-        })?;
+        })?,
+        (None, Some(section)) => published_key(&args.namespace, section)?,
+        (None, None) => return Err(CliError::NoPublicKey),
+    };
     let public_key = SealingPublicKey::parse(&key_text)?;
     let value = read_value(args)?;
     if value.is_empty() {
@@ -267,6 +281,23 @@ fn seal(args: &SealArgs) -> Result<(), CliError> {
     let sealed = crypto::seal(&public_key, &binding, value.expose())?;
     println!("{sealed}");
     Ok(())
+}
+
+/// The sealing public key a VaultSection publishes in its status.
+fn published_key(namespace: &str, section: &str) -> Result<String, CliError> {
+    let runtime = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default().await.map_err(CliError::Kube)?;
+        let sections: kube::Api<VaultSection> = kube::Api::namespaced(client, namespace);
+        let found = sections.get(section).await.map_err(CliError::Kube)?;
+        found
+            .status
+            .and_then(|s| s.sealing_public_key)
+            .ok_or_else(|| CliError::NotPublished {
+                namespace: namespace.to_owned(),
+                section: section.to_owned(),
+            })
+    })
 }
 
 fn read_value(args: &SealArgs) -> Result<Plaintext, CliError> {

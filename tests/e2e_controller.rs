@@ -605,3 +605,76 @@ async fn used_by_lists_the_monitors_that_reference_the_item() {
         .expect("delete");
     used_by(vec![]).await;
 }
+
+#[tokio::test]
+async fn monivault_seal_reads_the_key_from_the_section_and_the_item_becomes_ready() {
+    use std::io::Write;
+    let c = cluster();
+    let admin = c.admin().await;
+    let ns = c.temp_namespace("ctl-sealcli").await;
+    let store_ns = c.temp_namespace("ctl-store").await;
+    let _operator = Operator::start(c, &store_ns, &ns);
+    section_public_key(&admin, &ns).await;
+
+    let plaintext = "seal-cli-plaintext-51aa07";
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_monivault"))
+        .args([
+            "seal",
+            "-n",
+            &ns,
+            "--section",
+            "checkout",
+            "--item",
+            "shop-login",
+        ])
+        .args(["--field", "password"])
+        .env("KUBECONFIG", c.var("KUBECONFIG"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run monivault seal");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(plaintext.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let sealed = String::from_utf8(out.stdout).expect("utf-8");
+
+    let items: Api<VaultItem> = Api::namespaced(admin.clone(), &ns);
+    items
+        .create(
+            &PostParams::default(),
+            &credential_set("shop-login", sealed.trim()),
+        )
+        .await
+        .expect("create item");
+    ready_condition(&items, "shop-login", "True").await;
+
+    // A section that does not exist gets a clear error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_monivault"))
+        .args([
+            "seal",
+            "-n",
+            &ns,
+            "--section",
+            "nope",
+            "--item",
+            "x",
+            "--field",
+            "password",
+        ])
+        .env("KUBECONFIG", c.var("KUBECONFIG"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run monivault seal");
+    assert!(!out.status.success());
+    assert!(
+        support::stderr(&out).contains("not found"),
+        "{}",
+        support::stderr(&out)
+    );
+}
