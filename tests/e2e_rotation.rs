@@ -260,18 +260,7 @@ async fn assert_every_item_opens(world: &World, admin: &Client) {
 /// Dumps etcd once and looks for a sample of the plaintexts, raw and base64.
 fn assert_plaintexts_not_in_etcd(c: &Cluster, world: &World) {
     use base64::Engine as _;
-    let out = Command::new(c.var("MONIVAULT_ETCDCTL"))
-        .args([
-            "--endpoints",
-            c.var("ETCDCTL_ENDPOINTS"),
-            "get",
-            "--prefix",
-            "",
-        ])
-        .output()
-        .expect("run etcdctl");
-    assert!(out.status.success(), "etcdctl: {}", support::stderr(&out));
-    let dump = String::from_utf8_lossy(&out.stdout);
+    let dump = c.etcd_dump();
     assert!(
         dump.contains(&world.store_ns),
         "the dump does not even hold the store"
