@@ -606,42 +606,15 @@ pub async fn rotate_data_key<S: Store>(
     policy: &RotationPolicy,
     reporting: &Reporting,
 ) -> Result<Option<u32>, RotationError> {
-    let now = unix_now();
-    let mut rotated = None;
-    change_keyring(keys, |keyring, root| {
-        rotated = None;
-        let env = keyring.environment(namespace)?;
-        let created_at = env
-            .data_keys
-            .get(&env.current_data_key)
-            .map(|k| k.created_at);
-        if !trigger.applies(created_at, env.data_key_due(now, policy), now) {
-            return Ok(false);
-        }
-        rotated = Some(keyring.rotate_data_key(root, namespace, now)?);
-        Ok(true)
-    })
-    .await?;
-    if let Some(version) = rotated {
-        tracing::info!(
-            namespace,
-            version,
-            "data key rotated; re-encryption follows"
-        );
-        if let Some(m) = reporting.metrics() {
-            m.rotated(KeyKind::DataKey);
-        }
-        reporting
-            .event(
-                namespace,
-                "DataKeyRotated",
-                format!(
-                    "data key version {version} is current; records on older versions are re-encrypted in the background"
-                ),
-            )
-            .await;
-    }
-    Ok(rotated)
+    rotate_environment_key(
+        keys,
+        namespace,
+        KeyKind::DataKey,
+        trigger,
+        policy,
+        reporting,
+    )
+    .await
 }
 
 /// Makes a new sealing key current in `namespace` if `trigger` applies to the current one.
@@ -652,37 +625,76 @@ pub async fn rotate_sealing_key<S: Store>(
     policy: &RotationPolicy,
     reporting: &Reporting,
 ) -> Result<Option<u32>, RotationError> {
+    rotate_environment_key(
+        keys,
+        namespace,
+        KeyKind::SealingKey,
+        trigger,
+        policy,
+        reporting,
+    )
+    .await
+}
+
+/// One environment key rotation by compare-and-swap, decided inside the CAS from the
+/// keyring as stored, then reported. `kind` is a data or sealing key.
+async fn rotate_environment_key<S: Store>(
+    keys: &Keys<S>,
+    namespace: &str,
+    kind: KeyKind,
+    trigger: Trigger,
+    policy: &RotationPolicy,
+    reporting: &Reporting,
+) -> Result<Option<u32>, RotationError> {
     let now = unix_now();
     let mut rotated = None;
     change_keyring(keys, |keyring, root| {
         rotated = None;
         let env = keyring.environment(namespace)?;
-        let created_at = env
-            .sealing_keys
-            .get(&env.current_sealing_key)
-            .map(|k| k.created_at);
-        if !trigger.applies(created_at, env.sealing_key_due(now, policy), now) {
+        let (created_at, due) = if kind == KeyKind::SealingKey {
+            let current = env.sealing_keys.get(&env.current_sealing_key);
+            (
+                current.map(|k| k.created_at),
+                env.sealing_key_due(now, policy),
+            )
+        } else {
+            let current = env.data_keys.get(&env.current_data_key);
+            (current.map(|k| k.created_at), env.data_key_due(now, policy))
+        };
+        if !trigger.applies(created_at, due, now) {
             return Ok(false);
         }
-        rotated = Some(keyring.rotate_sealing_key(root, namespace, now)?);
+        rotated = Some(if kind == KeyKind::SealingKey {
+            keyring.rotate_sealing_key(root, namespace, now)?
+        } else {
+            keyring.rotate_data_key(root, namespace, now)?
+        });
         Ok(true)
     })
     .await?;
-    if let Some(version) = rotated {
-        tracing::info!(namespace, version, "sealing key rotated");
-        if let Some(m) = reporting.metrics() {
-            m.rotated(KeyKind::SealingKey);
-        }
-        reporting
-            .event(
-                namespace,
-                "SealingKeyRotated",
-                format!(
-                    "sealing key version {version} is current; values sealed to older versions still open for the retention period"
-                ),
-            )
-            .await;
+    let Some(version) = rotated else {
+        return Ok(None);
+    };
+    let (reason, note) = if kind == KeyKind::SealingKey {
+        (
+            "SealingKeyRotated",
+            format!(
+                "sealing key version {version} is current; values sealed to older versions still open for the retention period"
+            ),
+        )
+    } else {
+        (
+            "DataKeyRotated",
+            format!(
+                "data key version {version} is current; records on older versions are re-encrypted in the background"
+            ),
+        )
+    };
+    tracing::info!(namespace, version, key = kind.as_str(), "key rotated");
+    if let Some(m) = reporting.metrics() {
+        m.rotated(kind);
     }
+    reporting.event(namespace, reason, note).await;
     Ok(rotated)
 }
 
