@@ -24,6 +24,8 @@ pub mod seal_items;
 
 use std::future::Future;
 
+use futures::future::BoxFuture;
+
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::core::{DynamicObject, Status};
 use serde::de::DeserializeOwned;
@@ -33,6 +35,50 @@ pub use authorize::{
     SubjectAccessReviewAuthorizer, USE_VERB, VaultResource, authorize_monitor_write,
 };
 pub use seal_items::{SealError, seal_vault_item};
+
+/// The admission endpoints the server exposes, one per registered webhook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// Mutating, `VaultItem` CREATE/UPDATE: seal plaintext, mask it.
+    MutateVaultItems,
+    /// Mutating, `Monitor`/`MonitorRun` CREATE/UPDATE: authorize the `use` of every item,
+    /// then stamp the object.
+    MutateMonitors,
+    /// Validating, `Monitor`/`MonitorRun` CREATE/UPDATE: the stamp still matches the final
+    /// object (another mutating webhook may have run after ours).
+    ValidateMonitors,
+    /// Validating, `VaultItem`/`VaultSection` DELETE: nothing still needs the object.
+    ValidateDeletes,
+}
+
+impl Route {
+    pub const ALL: [Route; 4] = [
+        Route::MutateVaultItems,
+        Route::MutateMonitors,
+        Route::ValidateMonitors,
+        Route::ValidateDeletes,
+    ];
+
+    /// The URL path the API server posts to.
+    pub fn path(self) -> &'static str {
+        match self {
+            Route::MutateVaultItems => "/mutate/vaultitems",
+            Route::MutateMonitors => "/mutate/monitors",
+            Route::ValidateMonitors => "/validate/monitors",
+            Route::ValidateDeletes => "/validate/deletes",
+        }
+    }
+
+    pub fn from_path(path: &str) -> Option<Route> {
+        Route::ALL.into_iter().find(|route| route.path() == path)
+    }
+}
+
+/// What the HTTPS server calls for every parsed request: the decisions, behind one small
+/// interface so the server knows nothing about keys or the API server.
+pub trait Admission: Send + Sync + 'static {
+    fn admit(&self, route: Route, request: Request) -> BoxFuture<'_, AdmissionResponse>;
+}
 
 /// The largest AdmissionReview body accepted. A review holds the object and, on update,
 /// the old object; etcd caps each near 1.5 MiB, so 3 MiB covers both.
