@@ -14,13 +14,17 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use k8s_openapi::api::authentication::v1::UserInfo;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, AdmissionReview};
+use monivault::api::{Monitor, MonitorRun};
 use monivault::api::{MonitorSpec, SECRET_MASK};
 use monivault::controller::keys::Keys;
+use monivault::crypto::RootKey;
 use monivault::crypto::{SealBinding, seal};
 use monivault::store::MemoryStore;
+use monivault::store::Store;
 use monivault::webhook::{
-    self, AccessCheck, AuthorizeError, Authorizer, ItemSectionLookup, MAX_BODY_BYTES,
-    MonitorLookup, authorize_monitor_write, seal_vault_item,
+    self, AccessCheck, Admission, AuthorizeError, Authorizer, DeleteLookup, ItemSectionLookup,
+    MAX_BODY_BYTES, MonitorLookup, Route, STAMP_ANNOTATION, StampError, Webhooks,
+    authorize_monitor_write, seal_vault_item,
 };
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
@@ -170,6 +174,11 @@ impl Outcome {
                         .get_mut(&key)
                         .expect("RFC 6902: replace needs an existing member");
                     *target = op["value"].clone();
+                }
+                Some("remove") => {
+                    parent
+                        .remove(&key)
+                        .expect("RFC 6902: remove needs the member");
                 }
                 other => panic!("unexpected op {other:?}"),
             }
@@ -683,6 +692,7 @@ impl Authorizer for Grants {
 struct Shop {
     sections: BTreeMap<String, String>,
     monitors: BTreeMap<String, MonitorSpec>,
+    terminating: bool,
 }
 
 impl Shop {
@@ -698,7 +708,37 @@ impl Shop {
                 serde_json::from_value(shop_monitor_spec("https://shop.example.com/login"))
                     .expect("spec"),
             )]),
+            terminating: false,
         }
+    }
+}
+
+impl DeleteLookup for Shop {
+    async fn namespace_terminating(&self, namespace: &str) -> Result<bool, AuthorizeError> {
+        assert_eq!(namespace, NS);
+        Ok(self.terminating)
+    }
+
+    async fn live_monitors(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<(String, MonitorSpec)>, AuthorizeError> {
+        assert_eq!(namespace, NS);
+        Ok(self.monitors.clone().into_iter().collect())
+    }
+
+    async fn live_items_in_section(
+        &self,
+        namespace: &str,
+        section: &str,
+    ) -> Result<Vec<String>, AuthorizeError> {
+        assert_eq!(namespace, NS);
+        Ok(self
+            .sections
+            .iter()
+            .filter(|(_, s)| s.as_str() == section)
+            .map(|(item, _)| item.clone())
+            .collect())
     }
 }
 
@@ -1056,4 +1096,361 @@ async fn a_failing_review_denies_with_the_reason() {
         "{}",
         outcome.message()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The admission stamp and the delete guards, through the routes the server calls
+
+fn shop_grants() -> Grants {
+    Grants::new(&[
+        ("alice", "vaultitems", ITEM),
+        ("alice", "vaultitems", "shop-api-token"),
+        ("bob", "vaultsections", "checkout"),
+    ])
+}
+
+async fn webhooks_with(shop: Shop) -> Webhooks<MemoryStore, Grants, Shop> {
+    Webhooks::with(Arc::new(keys().await), shop_grants(), shop)
+}
+
+async fn webhooks() -> Webhooks<MemoryStore, Grants, Shop> {
+    webhooks_with(Shop::new()).await
+}
+
+async fn admit(webhooks: &impl Admission, route: Route, request: Value) -> Outcome {
+    let review = webhook::review(&body(request), |req| webhooks.admit(route, req)).await;
+    Outcome::new(review.response.expect("a response"))
+}
+
+/// Creates `object` as `user` through both monitor webhooks, as the API server would: the
+/// mutating one's patch applied, then the validating one. Returns the stored object.
+async fn create_monitor(
+    webhooks: &Webhooks<MemoryStore, Grants, Shop>,
+    kind: &str,
+    user: &str,
+    object: Value,
+) -> Value {
+    let resource = format!("{}s", kind.to_lowercase());
+    let create = request(kind, &resource, "CREATE", user, &object);
+    let mutated = admit(webhooks, Route::MutateMonitors, create).await;
+    assert!(mutated.response.allowed, "{}", mutated.message());
+    let stored = mutated.patched(&object);
+    let validated = admit(
+        webhooks,
+        Route::ValidateMonitors,
+        request(kind, &resource, "CREATE", user, &stored),
+    )
+    .await;
+    assert!(validated.response.allowed, "{}", validated.message());
+    stored
+}
+
+fn typed<T: serde::de::DeserializeOwned>(object: &Value) -> T {
+    serde_json::from_value(object.clone()).expect("a typed object")
+}
+
+#[tokio::test]
+async fn an_admitted_monitor_is_stamped_and_the_runner_can_verify_it() {
+    let webhooks = webhooks().await;
+    let stored = create_monitor(
+        &webhooks,
+        "Monitor",
+        "alice",
+        monitor(shop_monitor_spec("https://shop.example.com/login")),
+    )
+    .await;
+    let stamp = stored["metadata"]["annotations"][STAMP_ANNOTATION]
+        .as_str()
+        .expect("stamped");
+    assert!(stamp.contains("\"user\":\"alice\""), "{stamp}");
+
+    let keys = keys_of(&webhooks);
+    let refs = webhook::verify(keys, &typed::<Monitor>(&stored))
+        .await
+        .expect("the stamp verifies");
+    assert_eq!(refs.user, "alice");
+    assert_eq!(
+        refs.items,
+        BTreeSet::from(["shop-api-token".to_owned(), ITEM.to_owned()])
+    );
+}
+
+/// The keys behind `webhooks`, reached through the same store for the runner's check.
+fn keys_of(webhooks: &Webhooks<MemoryStore, Grants, Shop>) -> &Keys<MemoryStore> {
+    webhooks.keys()
+}
+
+#[tokio::test]
+async fn a_stamp_does_not_cover_a_changed_spec_another_name_or_no_stamp() {
+    let webhooks = webhooks().await;
+    let stored = create_monitor(
+        &webhooks,
+        "Monitor",
+        "alice",
+        monitor(shop_monitor_spec("https://shop.example.com/login")),
+    )
+    .await;
+    let keys = keys_of(&webhooks);
+
+    // Another mutating webhook, or a direct etcd write, changes the URL after the stamp.
+    let mut steered = stored.clone();
+    steered["spec"]["url"] = json!("https://mallory.example.net/collect");
+    let validated = admit(
+        &webhooks,
+        Route::ValidateMonitors,
+        request("Monitor", "monitors", "CREATE", "alice", &steered),
+    )
+    .await;
+    assert!(!validated.response.allowed);
+    assert_eq!(validated.response.result.code, 403);
+    assert!(
+        validated.message().contains("another mutating webhook"),
+        "{}",
+        validated.message()
+    );
+    let error = webhook::verify(keys, &typed::<Monitor>(&steered))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StampError::Mismatch { .. }), "{error}");
+
+    // The stamp copied onto a monitor of another name.
+    let mut copied = stored.clone();
+    copied["metadata"]["name"] = json!("shop-copy");
+    let error = webhook::verify(keys, &typed::<Monitor>(&copied))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StampError::Mismatch { .. }), "{error}");
+
+    // Written while the webhook was bypassed: no stamp at all.
+    let bare = monitor(shop_monitor_spec("https://shop.example.com/login"));
+    let error = webhook::verify(keys, &typed::<Monitor>(&bare))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StampError::Missing { .. }), "{error}");
+    assert!(error.to_string().contains("apply it again"), "{error}");
+
+    // A stamp made for alice does not pass bob's request.
+    let validated = admit(
+        &webhooks,
+        Route::ValidateMonitors,
+        request("Monitor", "monitors", "CREATE", "bob", &stored),
+    )
+    .await;
+    assert!(!validated.response.allowed, "{}", validated.message());
+
+    // A forged stamp that claims fewer items.
+    let mut forged = stored.clone();
+    let text = stored["metadata"]["annotations"][STAMP_ANNOTATION]
+        .as_str()
+        .unwrap()
+        .replace("\"shop-api-token\",", "");
+    forged["metadata"]["annotations"][STAMP_ANNOTATION] = json!(text);
+    let error = webhook::verify(keys, &typed::<Monitor>(&forged))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StampError::Mismatch { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn mallory_is_refused_before_anything_is_stamped() {
+    let webhooks = webhooks().await;
+    let old = monitor(shop_monitor_spec("https://shop.example.com/login"));
+    let new = monitor(shop_monitor_spec("https://mallory.example.net/collect"));
+    let outcome = admit(
+        &webhooks,
+        Route::MutateMonitors,
+        monitor_update("mallory", old, new),
+    )
+    .await;
+    assert!(!outcome.response.allowed);
+    assert_eq!(outcome.response.result.code, 403);
+    assert!(outcome.patch.is_none());
+}
+
+#[tokio::test]
+async fn a_metadata_only_update_keeps_the_stored_stamp() {
+    let webhooks = webhooks().await;
+    let stored = create_monitor(
+        &webhooks,
+        "Monitor",
+        "alice",
+        monitor(shop_monitor_spec("https://shop.example.com/login")),
+    )
+    .await;
+    // mallory adds a label and tries to swap the stamp for one of her own making.
+    let mut relabelled = stored.clone();
+    relabelled["metadata"]["labels"] = json!({"team": "web"});
+    relabelled["metadata"]["annotations"][STAMP_ANNOTATION] = json!("{\"v\":1}");
+    let outcome = admit(
+        &webhooks,
+        Route::MutateMonitors,
+        monitor_update("mallory", stored.clone(), relabelled.clone()),
+    )
+    .await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+    let result = outcome.patched(&relabelled);
+    assert_eq!(
+        result["metadata"]["annotations"][STAMP_ANNOTATION],
+        stored["metadata"]["annotations"][STAMP_ANNOTATION]
+    );
+    assert_eq!(result["metadata"]["labels"]["team"], "web");
+    webhook::verify(keys_of(&webhooks), &typed::<Monitor>(&result))
+        .await
+        .expect("still verifies");
+}
+
+#[tokio::test]
+async fn a_run_named_by_generate_name_is_stamped_and_verifies_under_its_final_name() {
+    let webhooks = webhooks().await;
+    let mut run = monitor_run(json!({"monitorRef": {"name": "shop"}}));
+    run["metadata"]["name"] = Value::Null;
+    run["metadata"]["generateName"] = json!("test-now-");
+    let mut create = request("MonitorRun", "monitorruns", "CREATE", "bob", &run);
+    create["name"] = json!("");
+    let mutated = admit(&webhooks, Route::MutateMonitors, create).await;
+    assert!(mutated.response.allowed, "{}", mutated.message());
+    // The API server names it after mutating admission, before validating admission.
+    let mut stored = mutated.patched(&run);
+    stored["metadata"]["name"] = json!("test-now-x7k2p");
+    let validated = admit(
+        &webhooks,
+        Route::ValidateMonitors,
+        request("MonitorRun", "monitorruns", "CREATE", "bob", &stored),
+    )
+    .await;
+    assert!(validated.response.allowed, "{}", validated.message());
+    let refs = webhook::verify_run(keys_of(&webhooks), &typed::<MonitorRun>(&stored))
+        .await
+        .expect("verifies");
+    assert_eq!(refs.user, "bob");
+    assert!(refs.items.contains(ITEM));
+
+    // The same stamp on a name outside the prefix does not verify.
+    stored["metadata"]["name"] = json!("other-x7k2p");
+    let error = webhook::verify_run(keys_of(&webhooks), &typed::<MonitorRun>(&stored))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StampError::Mismatch { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn stamps_survive_a_root_key_rotation() {
+    let webhooks = webhooks().await;
+    let stored = create_monitor(
+        &webhooks,
+        "Monitor",
+        "alice",
+        monitor(shop_monitor_spec("https://shop.example.com/login")),
+    )
+    .await;
+    let keys = keys_of(&webhooks);
+    let store = keys.store();
+    let roots = store.root_keys().await.unwrap().unwrap();
+    let mut next = roots.value;
+    next.insert(RootKey::generate(2).unwrap()).unwrap();
+    next.set_current(2).unwrap();
+    store
+        .put_root_keys(&next, Some(&roots.resource_version))
+        .await
+        .unwrap();
+    webhook::verify(keys, &typed::<Monitor>(&stored))
+        .await
+        .expect("a stamp under root key 1 still verifies");
+
+    // Another replica, started after the rotation, stamps under root key 2; this one has
+    // not seen version 2 yet and must load it to verify.
+    let replica = Webhooks::with(
+        Arc::new(Keys::bootstrap(Arc::new(store.clone())).await.unwrap()),
+        shop_grants(),
+        Shop::new(),
+    );
+    let mut renamed = monitor(shop_monitor_spec("https://shop.example.com/login"));
+    renamed["metadata"]["name"] = json!("shop-2");
+    let stored = create_monitor(&replica, "Monitor", "alice", renamed).await;
+    let stamp = stored["metadata"]["annotations"][STAMP_ANNOTATION]
+        .as_str()
+        .unwrap();
+    assert!(stamp.contains("\"key\":2"), "{stamp}");
+    webhook::verify(keys, &typed::<Monitor>(&stored))
+        .await
+        .expect("a stamp under root key 2 verifies on the replica that had only seen 1");
+}
+
+fn delete_request(kind: &str, resource: &str, name: &str) -> Value {
+    let old = json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": kind,
+        "metadata": {"name": name, "namespace": NS},
+    });
+    let mut delete = request(kind, resource, "DELETE", "alice", &old);
+    delete["object"] = Value::Null;
+    delete["oldObject"] = old;
+    delete["name"] = json!(name);
+    delete
+}
+
+#[tokio::test]
+async fn an_item_a_monitor_uses_and_a_section_with_items_are_not_deleted() {
+    let webhooks = webhooks().await;
+    let outcome = admit(
+        &webhooks,
+        Route::ValidateDeletes,
+        delete_request("VaultItem", "vaultitems", ITEM),
+    )
+    .await;
+    assert!(!outcome.response.allowed);
+    assert_eq!(outcome.response.result.code, 409);
+    assert!(
+        outcome.message().contains("used by Monitor(s) shop"),
+        "{}",
+        outcome.message()
+    );
+
+    let outcome = admit(
+        &webhooks,
+        Route::ValidateDeletes,
+        delete_request("VaultItem", "vaultitems", "bank-token"),
+    )
+    .await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+
+    let outcome = admit(
+        &webhooks,
+        Route::ValidateDeletes,
+        delete_request("VaultSection", "vaultsections", "checkout"),
+    )
+    .await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome
+            .message()
+            .contains("still holds VaultItem(s) shop-api-token, shop-login"),
+        "{}",
+        outcome.message()
+    );
+    let outcome = admit(
+        &webhooks,
+        Route::ValidateDeletes,
+        delete_request("VaultSection", "vaultsections", "empty"),
+    )
+    .await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+}
+
+#[tokio::test]
+async fn a_terminating_namespace_is_never_held_up() {
+    let mut shop = Shop::new();
+    shop.terminating = true;
+    let webhooks = webhooks_with(shop).await;
+    for (kind, resource, name) in [
+        ("VaultItem", "vaultitems", ITEM),
+        ("VaultSection", "vaultsections", "checkout"),
+    ] {
+        let outcome = admit(
+            &webhooks,
+            Route::ValidateDeletes,
+            delete_request(kind, resource, name),
+        )
+        .await;
+        assert!(outcome.response.allowed, "{kind}: {}", outcome.message());
+    }
 }

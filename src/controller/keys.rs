@@ -141,6 +141,29 @@ impl<S: Store> Keys<S> {
         Ok(root)
     }
 
+    /// The current root key, for new admission stamps.
+    pub async fn current_root(&self) -> Result<RootKey, KeyError> {
+        Ok(self.roots.read().await.current_key()?)
+    }
+
+    /// Root key `version`, reloading the root key Secret once if this process has not seen
+    /// it (another replica rotated). Old versions stay stored, so stamps made under them
+    /// still verify.
+    pub async fn root_key(&self, version: u32) -> Result<RootKey, KeyError> {
+        if let Ok(root) = self.roots.read().await.key(version) {
+            return Ok(root);
+        }
+        let fresh = self
+            .store
+            .root_keys()
+            .await?
+            .ok_or(KeyError::RootKeyMissing)?
+            .value;
+        let root = fresh.key(version)?;
+        *self.roots.write().await = fresh;
+        Ok(root)
+    }
+
     /// The keyring as stored now.
     pub async fn keyring(&self) -> Result<Keyring, KeyError> {
         Ok(self

@@ -22,6 +22,7 @@ mod error;
 mod keyring;
 mod keys;
 mod sealing;
+mod stamp;
 
 pub use data::{DataCipher, ItemBinding};
 pub use envelope::{EnvelopeKind, key_version_of};
@@ -29,6 +30,7 @@ pub use error::CryptoError;
 pub use keyring::{DataKeyInfo, Environment, Keyring, RotationPolicy, SealingKeyInfo, reencrypt};
 pub use keys::{Plaintext, RootKey};
 pub use sealing::{SealBinding, SealingOpener, SealingPublicKey, seal};
+pub use stamp::{StampClaims, StampedName};
 
 /// Encryptions allowed under one data key before it must rotate (random 96-bit nonces:
 /// NIST SP 800-38D caps them at 2^32; we keep a factor of two in hand).

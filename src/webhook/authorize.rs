@@ -29,6 +29,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, Operation};
 use serde_json::Value;
 
+use super::monitors::spec_digest;
 use super::{Request, parse_part, refuse};
 use crate::api::{GROUP, Monitor, MonitorRunSpec, MonitorSpec, VaultItem};
 use crate::runner::template::{ReferenceError, referenced_items};
@@ -120,7 +121,7 @@ pub trait MonitorLookup: Send + Sync {
 
 /// Why a Monitor or MonitorRun write was refused.
 #[derive(Debug, thiserror::Error)]
-enum Refusal {
+pub(crate) enum Refusal {
     #[error(
         "monivault's monitor webhook got a {0}; it handles monivault.io Monitors and MonitorRuns only"
     )]
@@ -151,6 +152,14 @@ enum Refusal {
 }
 
 impl Refusal {
+    pub(crate) fn into_response(self, request: &Request) -> AdmissionResponse {
+        let (code, reason) = self.status();
+        if code >= 500 {
+            tracing::warn!(uid = %request.uid, error = %self, "monitor admission failed");
+        }
+        refuse(request, code, reason, &self.to_string())
+    }
+
     fn status(&self) -> (u16, &'static str) {
         match self {
             Refusal::WrongKind(_) | Refusal::NoObject | Refusal::NoNamespace { .. } => {
@@ -166,13 +175,21 @@ impl Refusal {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Monitor,
     MonitorRun,
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn of(request: &Request) -> Result<Kind, Refusal> {
+        match (request.kind.group.as_str(), request.kind.kind.as_str()) {
+            (GROUP, "Monitor") => Ok(Kind::Monitor),
+            (GROUP, "MonitorRun") => Ok(Kind::MonitorRun),
+            (group, kind) => Err(Refusal::WrongKind(format!("{group}/{kind}"))),
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Monitor => "Monitor",
             Kind::MonitorRun => "MonitorRun",
@@ -180,7 +197,9 @@ impl Kind {
     }
 }
 
-/// The validating webhook's decision for one Monitor or MonitorRun request.
+/// The authorization decision alone for one Monitor or MonitorRun request: allowed or
+/// refused, without a stamp. The mutating webhook adds the stamp on top
+/// ([`super::monitors::stamp_monitor_write`]).
 pub async fn authorize_monitor_write<A, I, M>(
     authorizer: &A,
     sections: &I,
@@ -193,62 +212,73 @@ where
     M: MonitorLookup,
 {
     match decide(authorizer, sections, monitors, request).await {
-        Ok(()) => AdmissionResponse::from(request),
-        Err(refusal) => {
-            let (code, reason) = refusal.status();
-            if code >= 500 {
-                tracing::warn!(uid = %request.uid, error = %refusal, "monitor admission failed");
-            }
-            refuse(request, code, reason, &refusal.to_string())
-        }
+        Ok(_) => AdmissionResponse::from(request),
+        Err(refusal) => refusal.into_response(request),
     }
 }
 
-async fn decide<A, I, M>(
+/// What [`decide`] found.
+pub(crate) enum Decision {
+    /// Not a write that can move a secret (metadata only, status, delete): not checked.
+    Unchecked,
+    /// The user may use every item the object carries, before and after.
+    Authorized(Authorized),
+}
+
+/// An authorized write: what the stamp vouches for.
+pub(crate) struct Authorized {
+    pub kind: Kind,
+    pub namespace: String,
+    /// The items the new object carries.
+    pub items: BTreeSet<String>,
+    /// The new object's spec digest ([`super::monitors::spec_digest`]).
+    pub spec_digest: [u8; 32],
+}
+
+pub(crate) async fn decide<A, I, M>(
     authorizer: &A,
     sections: &I,
     monitors: &M,
     request: &Request,
-) -> Result<(), Refusal>
+) -> Result<Decision, Refusal>
 where
     A: Authorizer,
     I: ItemSectionLookup,
     M: MonitorLookup,
 {
-    let kind = match (request.kind.group.as_str(), request.kind.kind.as_str()) {
-        (GROUP, "Monitor") => Kind::Monitor,
-        (GROUP, "MonitorRun") => Kind::MonitorRun,
-        (group, kind) => return Err(Refusal::WrongKind(format!("{group}/{kind}"))),
-    };
+    let kind = Kind::of(request)?;
     if !matches!(request.operation, Operation::Create | Operation::Update)
         || request.sub_resource.as_deref() == Some("status")
     {
-        return Ok(());
+        return Ok(Decision::Unchecked);
     }
     let object = request.object.as_ref().ok_or(Refusal::NoObject)?;
     let old = request.old_object.as_ref();
     if let Some(old) = old
         && old.data.get("spec") == object.data.get("spec")
     {
-        return Ok(());
+        return Ok(Decision::Unchecked);
     }
-    let namespace = request
-        .namespace
-        .as_deref()
-        .or(object.metadata.namespace.as_deref())
-        .filter(|n| !n.is_empty())
-        .ok_or(Refusal::NoNamespace {
-            kind: kind.as_str(),
-        })?;
+    let namespace = namespace_of(request, kind)?;
 
-    let mut items = references(kind, object, monitors, namespace, "").await?;
+    let new = references(kind, object, monitors, namespace, "").await?;
+    let mut items = new.items.clone();
     if let Some(old) = old {
-        items.extend(references(kind, old, monitors, namespace, "the stored object's ").await?);
+        items.extend(
+            references(kind, old, monitors, namespace, "the stored object's ")
+                .await?
+                .items,
+        );
     }
     let denied =
         unauthorized_items(authorizer, sections, &request.user_info, namespace, &items).await?;
     if denied.is_empty() {
-        return Ok(());
+        return Ok(Decision::Authorized(Authorized {
+            kind,
+            namespace: namespace.to_owned(),
+            items: new.items,
+            spec_digest: new.spec_digest,
+        }));
     }
     Err(Refusal::NotAllowed {
         user: user_name(&request.user_info),
@@ -258,14 +288,36 @@ where
     })
 }
 
+pub(crate) fn namespace_of(request: &Request, kind: Kind) -> Result<&str, Refusal> {
+    request
+        .namespace
+        .as_deref()
+        .or(request
+            .object
+            .as_ref()
+            .and_then(|o| o.metadata.namespace.as_deref()))
+        .filter(|n| !n.is_empty())
+        .ok_or(Refusal::NoNamespace {
+            kind: kind.as_str(),
+        })
+}
+
+/// What an object carries, and the digest of its spec as parsed.
+pub(crate) struct References {
+    pub items: BTreeSet<String>,
+    pub spec_digest: [u8; 32],
+    /// Whether `items` came from the object alone (not from a saved monitor it names).
+    pub self_contained: bool,
+}
+
 /// The items `object` carries. `whose` prefixes messages about the old object.
-async fn references<M: MonitorLookup>(
+pub(crate) async fn references<M: MonitorLookup>(
     kind: Kind,
     object: &DynamicObject,
     monitors: &M,
     namespace: &str,
     whose: &str,
-) -> Result<BTreeSet<String>, Refusal> {
+) -> Result<References, Refusal> {
     let spec = object.data.get("spec").unwrap_or(&Value::Null);
     let invalid = |e: String| {
         Refusal::InvalidSpec(format!("{whose}spec is not a valid {}: {e}", kind.as_str()))
@@ -275,7 +327,11 @@ async fn references<M: MonitorLookup>(
     match kind {
         Kind::Monitor => {
             let spec: MonitorSpec = parse_part(spec).map_err(invalid)?;
-            referenced_items(&spec).map_err(|e| placeholder("spec.", e))
+            Ok(References {
+                items: referenced_items(&spec).map_err(|e| placeholder("spec.", e))?,
+                spec_digest: spec_digest(&spec).map_err(|e| invalid(e.to_string()))?,
+                self_contained: true,
+            })
         }
         Kind::MonitorRun => {
             let spec: MonitorRunSpec = parse_part(spec).map_err(invalid)?;
@@ -293,7 +349,11 @@ async fn references<M: MonitorLookup>(
                 let prefix = format!("monitor {name:?}: spec.");
                 items.extend(referenced_items(&saved).map_err(|e| placeholder(&prefix, e))?);
             }
-            Ok(items)
+            Ok(References {
+                items,
+                spec_digest: spec_digest(&spec).map_err(|e| invalid(e.to_string()))?,
+                self_contained: spec.monitor_ref.is_none(),
+            })
         }
     }
 }
@@ -412,7 +472,7 @@ impl Authorizer for SubjectAccessReviewAuthorizer {
 /// [`ItemSectionLookup`] and [`MonitorLookup`] by reading the objects from the API server.
 #[derive(Clone)]
 pub struct KubeLookup {
-    client: Client,
+    pub(crate) client: Client,
 }
 
 impl KubeLookup {

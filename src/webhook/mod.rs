@@ -20,6 +20,9 @@
 //! - panic on any input.
 
 pub mod authorize;
+pub mod deletes;
+pub mod handlers;
+pub mod monitors;
 pub mod seal_items;
 
 use std::future::Future;
@@ -33,6 +36,12 @@ use serde::de::DeserializeOwned;
 pub use authorize::{
     AccessCheck, AuthorizeError, Authorizer, ItemSectionLookup, KubeLookup, MonitorLookup,
     SubjectAccessReviewAuthorizer, USE_VERB, VaultResource, authorize_monitor_write,
+};
+pub use deletes::{DeleteLookup, guard_delete};
+pub use handlers::Webhooks;
+pub use monitors::{
+    AuthorizedRefs, STAMP_ANNOTATION, StampError, check_monitor_write, stamp_monitor_write, verify,
+    verify_run,
 };
 pub use seal_items::{SealError, seal_vault_item};
 

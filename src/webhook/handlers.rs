@@ -1,0 +1,81 @@
+//! [`Webhooks`]: every route's decision behind the one [`Admission`] interface the server
+//! calls.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use kube::Client;
+use kube::core::admission::AdmissionResponse;
+
+use super::{
+    Admission, Authorizer, DeleteLookup, ItemSectionLookup, KubeLookup, MonitorLookup, Request,
+    Route, SubjectAccessReviewAuthorizer, check_monitor_write, guard_delete, seal_vault_item,
+    stamp_monitor_write,
+};
+use crate::controller::keys::Keys;
+use crate::store::Store;
+
+/// The admission decisions, with what they need: the keys (sealing, stamps), an authorizer
+/// and lookups. Production uses SubjectAccessReviews and the API server; tests use tables.
+pub struct Webhooks<S, A = SubjectAccessReviewAuthorizer, L = KubeLookup> {
+    keys: Arc<Keys<S>>,
+    authorizer: A,
+    lookup: L,
+}
+
+impl<S: Store> Webhooks<S> {
+    pub fn new(client: Client, keys: Arc<Keys<S>>) -> Self {
+        Webhooks::with(
+            keys,
+            SubjectAccessReviewAuthorizer::new(client.clone()),
+            KubeLookup::new(client),
+        )
+    }
+}
+
+impl<S, A, L> Webhooks<S, A, L> {
+    pub fn with(keys: Arc<Keys<S>>, authorizer: A, lookup: L) -> Self {
+        Webhooks {
+            keys,
+            authorizer,
+            lookup,
+        }
+    }
+}
+
+impl<S, A, L> Webhooks<S, A, L> {
+    /// The keys the stamps are made under; the runner verifies with the same.
+    pub fn keys(&self) -> &Keys<S> {
+        &self.keys
+    }
+}
+
+impl<S, A, L> Admission for Webhooks<S, A, L>
+where
+    S: Store,
+    A: Authorizer + 'static,
+    L: ItemSectionLookup + MonitorLookup + DeleteLookup + 'static,
+{
+    fn admit(&self, route: Route, request: Request) -> BoxFuture<'_, AdmissionResponse> {
+        Box::pin(async move {
+            let keys = self.keys.as_ref();
+            let (authorizer, lookup) = (&self.authorizer, &self.lookup);
+            let response = match route {
+                Route::MutateVaultItems => seal_vault_item(keys, &request).await,
+                Route::MutateMonitors => {
+                    stamp_monitor_write(keys, authorizer, lookup, lookup, &request).await
+                }
+                Route::ValidateMonitors => check_monitor_write(keys, lookup, &request).await,
+                Route::ValidateDeletes => guard_delete(lookup, &request).await,
+            };
+            tracing::debug!(
+                uid = %request.uid,
+                route = route.path(),
+                allowed = response.allowed,
+                code = response.result.code,
+                "admission"
+            );
+            response
+        })
+    }
+}
