@@ -292,6 +292,21 @@ impl Operator {
         Operator::start_with(c, store_ns, watch_ns, &[])
     }
 
+    /// With its admission webhooks registered for `watch_ns`, by `url:` to its loopback
+    /// port. The configurations are named after `store_ns`, so tests do not share them.
+    pub fn start_with_webhooks(c: &Cluster, store_ns: &str, watch_ns: &str) -> Operator {
+        Operator::start_with(
+            c,
+            store_ns,
+            watch_ns,
+            &[
+                "--register-local-webhooks",
+                "--webhook-configuration",
+                store_ns,
+            ],
+        )
+    }
+
     /// With more `monivault run` arguments, e.g. `--instance`.
     pub fn start_with(c: &Cluster, store_ns: &str, watch_ns: &str, extra: &[&str]) -> Operator {
         let mut child = Command::new(env!("CARGO_BIN_EXE_monivault"))
@@ -302,6 +317,8 @@ impl Operator {
                 "--watch-namespace",
                 watch_ns,
                 "--metrics-addr",
+                "127.0.0.1:0",
+                "--webhook-addr",
                 "127.0.0.1:0",
             ])
             .args(extra)

@@ -1,0 +1,652 @@
+//! The admission webhooks on the real control plane, as several users: the authorization
+//! matrix of the `use` verb, the admission stamp, sealing of a `kubectl apply`, the delete
+//! guards, bad input, and a webhook that is down.
+//!
+//! Every test runs its own `monivault run`, which serves the webhooks on a free loopback
+//! port with a self-managed certificate and registers them with `url:` client configs,
+//! scoped to the test's namespace (the configurations are named after the test's store
+//! namespace, so tests running at once do not see each other's).
+//!
+//! Users get the shipped ClusterRoles (`examples/rbac/`): everyone `monivault-edit`, which
+//! does not imply `use`; alice `use` on the two shop items by name; bob (group
+//! `checkout-team`) and the `deployer` ServiceAccount `use` on the `checkout` section.
+
+mod support;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt as _};
+use monivault::api::vault_item::VaultItem;
+use monivault::api::vault_section::VaultSection;
+use monivault::api::{Monitor, MonitorRun};
+use monivault::controller::keys::Keys;
+use monivault::store::SecretStore;
+use monivault::webhook::{self, STAMP_ANNOTATION, StampError};
+use serde_json::{Value, json};
+use support::{Cluster, Operator, cluster, eventually, ready_condition, stderr, stdout};
+
+const LOGIN_PASSWORD: &str = "e2e-webhook-Pa55word-41c9d7";
+const API_TOKEN: &str = "e2e-webhook-token-8f03aa21b6";
+
+/// A namespace with the shop's section, items and monitor, behind a running operator with
+/// its webhooks registered.
+struct World {
+    c: &'static Cluster,
+    ns: String,
+    store_ns: String,
+    op: Operator,
+    admin: Client,
+}
+
+impl World {
+    async fn new(prefix: &str) -> World {
+        World::with_before(prefix, |_, _| async {}).await
+    }
+
+    /// `before` runs in the namespace before the operator (and its webhooks) exist.
+    async fn with_before<F, Fut>(prefix: &str, before: F) -> World
+    where
+        F: FnOnce(Client, String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let c = cluster();
+        let admin = c.admin().await;
+        let ns = c.temp_namespace(prefix).await;
+        let store_ns = c.temp_namespace(&format!("{prefix}-store")).await;
+        grant_roles(c, &admin, &ns).await;
+        before(admin.clone(), ns.clone()).await;
+
+        let op = Operator::start_with_webhooks(c, &store_ns, &ns);
+        let world = World {
+            c,
+            ns,
+            store_ns,
+            op,
+            admin,
+        };
+        let sections: Api<VaultSection> = world.api();
+        let section = serde_json::from_value(json!({
+            "apiVersion": "monivault.io/v1alpha1", "kind": "VaultSection",
+            "metadata": {"name": "checkout"}, "spec": {"description": "e2e"},
+        }))
+        .expect("section");
+        sections
+            .create(&PostParams::default(), &section)
+            .await
+            .expect("create the section");
+        // Until the webhook is registered and serving, the API server's CEL rule refuses
+        // a plaintext: the first item that goes in proves the webhook is in the path.
+        let login = plaintext_login("shop-login", LOGIN_PASSWORD);
+        let items: Api<VaultItem> = world.api();
+        eventually("the webhook to seal a plaintext item", || {
+            let (items, login) = (items.clone(), login.clone());
+            async move { items.create(&PostParams::default(), &login).await.ok() }
+        })
+        .await;
+        let token: VaultItem = serde_json::from_value(json!({
+            "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+            "metadata": {"name": "shop-api-token"},
+            "spec": {"type": "Secret", "section": "checkout",
+                     "allowedHosts": ["shop.example.com"], "secret": {"value": API_TOKEN}},
+        }))
+        .expect("token item");
+        items
+            .create(&PostParams::default(), &token)
+            .await
+            .expect("create the token item");
+        world
+            .monitors()
+            .create(&PostParams::default(), &shop_monitor("shop"))
+            .await
+            .expect("the admin creates the shop monitor");
+        world
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    fn monitors(&self) -> Api<Monitor> {
+        self.api()
+    }
+
+    async fn as_user(&self, user: &str, groups: &[&str]) -> Client {
+        self.c.user(user, groups).await
+    }
+
+    async fn as_service_account(&self, name: &str) -> Client {
+        self.c.service_account(&self.ns, name).await
+    }
+
+    /// The keys the operator stamps with, read from its store as the runner will.
+    async fn keys(&self) -> Keys<SecretStore> {
+        Keys::bootstrap(Arc::new(SecretStore::new(self.admin.clone(), &self.store_ns)))
+            .await
+            .expect("the operator's keys")
+    }
+
+    /// The base URL the operator registered its webhooks at.
+    async fn webhook_url(&self) -> String {
+        let configs: Api<MutatingWebhookConfiguration> = Api::all(self.admin.clone());
+        let config = configs.get(&self.store_ns).await.expect("registered");
+        let url = config.webhooks.unwrap_or_default()[0]
+            .client_config
+            .url
+            .clone()
+            .expect("a url client config");
+        let (base, _) = url.split_at(url.find("/mutate").expect("a mutate path"));
+        base.to_owned()
+    }
+}
+
+fn plaintext_login(name: &str, password: &str) -> VaultItem {
+    serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": name},
+        "spec": {"type": "CredentialSet", "section": "checkout",
+                 "allowedHosts": ["shop.example.com"],
+                 "credentialSet": {"username": "synthetic-bot", "password": password}},
+    }))
+    .expect("item")
+}
+
+fn shop_monitor(name: &str) -> Monitor {
+    serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+        "metadata": {"name": name},
+        "spec": {
+            "url": "https://shop.example.com/login",
+            "auth": {"basic": {"credentialSet": "shop-login"}},
+            "headers": [{"name": "X-Api-Key", "value": "{{@VaultItem.shop-api-token.Value}}"}],
+        },
+    }))
+    .expect("monitor")
+}
+
+/// The shipped ClusterRoles, and who holds what in `ns`.
+async fn grant_roles(c: &Cluster, admin: &Client, ns: &str) {
+    let out = c.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=e2e-webhook",
+        "-f",
+        "examples/rbac/clusterroles.yaml",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = c.kubectl(&["apply", "-n", ns, "-f", "examples/rbac/use-checkout.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let roles: Api<Role> = Api::namespaced(admin.clone(), ns);
+    let use_by_name = Role {
+        metadata: ObjectMeta {
+            name: Some("use-shop-items".into()),
+            ..ObjectMeta::default()
+        },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["monivault.io".into()]),
+            resources: Some(vec!["vaultitems".into()]),
+            resource_names: Some(vec!["shop-login".into(), "shop-api-token".into()]),
+            verbs: vec!["use".into()],
+            ..PolicyRule::default()
+        }]),
+    };
+    roles
+        .create(&PostParams::default(), &use_by_name)
+        .await
+        .expect("role");
+    let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), ns);
+    let user = |name: &str| Subject {
+        kind: "User".into(),
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        name: name.into(),
+        namespace: None,
+    };
+    let service_account = |name: &str| Subject {
+        kind: "ServiceAccount".into(),
+        api_group: None,
+        name: name.into(),
+        namespace: Some(ns.to_owned()),
+    };
+    let binding = |name: &str, kind: &str, role: &str, subjects: Vec<Subject>| RoleBinding {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: kind.into(),
+            name: role.into(),
+        },
+        subjects: Some(subjects),
+    };
+    for b in [
+        binding(
+            "everyone-edits",
+            "ClusterRole",
+            "monivault-edit",
+            vec![
+                user("alice"),
+                user("mallory"),
+                service_account("intruder"),
+            ],
+        ),
+        binding("alice-uses-shop-items", "Role", "use-shop-items", vec![user("alice")]),
+    ] {
+        bindings
+            .create(&PostParams::default(), &b)
+            .await
+            .expect("binding");
+    }
+}
+
+/// The API error of a refused write: its code and message.
+fn refused<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.message.clone()),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn url_patch(url: &str) -> Patch<Value> {
+    Patch::Merge(json!({"spec": {"url": url}}))
+}
+
+// ---------------------------------------------------------------------------------------
+// The authorization matrix
+
+#[tokio::test]
+async fn without_use_a_user_cannot_steer_unhook_or_reuse_an_item() {
+    let w = World::new("wh-deny").await;
+    let mallory: Api<Monitor> =
+        Api::namespaced(w.as_user("mallory", &["dev"]).await, &w.ns);
+    let pp = PatchParams::default();
+
+    // Point the monitor at her own host.
+    let (code, message) = refused(
+        mallory
+            .patch("shop", &pp, &url_patch("https://mallory.example.net/collect"))
+            .await,
+    );
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("\"mallory\""), "{message}");
+    assert!(message.contains("shop-api-token, shop-login"), "{message}");
+
+    // Remove the references (which moves where the other items go, and hides the change).
+    let unhook = Patch::Merge(json!({"spec": {"auth": null, "headers": null}}));
+    let (code, message) = refused(mallory.patch("shop", &pp, &unhook).await);
+    assert_eq!(code, 403, "{message}");
+
+    // Add the item to a monitor of her own.
+    let mut own = shop_monitor("mallory-monitor");
+    own.spec.url = "https://mallory.example.net/".into();
+    let (code, message) = refused(mallory.create(&PostParams::default(), &own).await);
+    assert_eq!(code, 403, "{message}");
+    assert!(
+        mallory.get_opt("mallory-monitor").await.unwrap().is_none(),
+        "nothing was stored"
+    );
+
+    // A ServiceAccount without `use` is refused the same way.
+    let intruder: Api<Monitor> =
+        Api::namespaced(w.as_service_account("intruder").await, &w.ns);
+    let (code, message) = refused(
+        intruder
+            .patch("shop", &pp, &url_patch("https://intruder.example.net/"))
+            .await,
+    );
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("system:serviceaccount:"), "{message}");
+
+    // The monitor is as the admin left it.
+    let shop = w.monitors().get("shop").await.unwrap();
+    assert_eq!(shop.spec.url, "https://shop.example.com/login");
+}
+
+#[tokio::test]
+async fn a_metadata_only_change_needs_no_use_and_keeps_the_stamp() {
+    let w = World::new("wh-meta").await;
+    let before = w.monitors().get("shop").await.unwrap();
+    let mallory: Api<Monitor> =
+        Api::namespaced(w.as_user("mallory", &["dev"]).await, &w.ns);
+    let labels = Patch::Merge(json!({"metadata": {"labels": {"team": "web"},
+        "annotations": {STAMP_ANNOTATION: "{\"v\":1,\"forged\":true}"}}}));
+    let after = mallory
+        .patch("shop", &PatchParams::default(), &labels)
+        .await
+        .expect("a label change is allowed");
+    assert_eq!(
+        after.labels().get("team").map(String::as_str),
+        Some("web")
+    );
+    assert_eq!(
+        after.annotations().get(STAMP_ANNOTATION),
+        before.annotations().get(STAMP_ANNOTATION),
+        "the stamp cannot be replaced by a metadata change"
+    );
+    webhook::verify(&w.keys().await, &after)
+        .await
+        .expect("still verifies");
+}
+
+#[tokio::test]
+async fn without_use_a_user_cannot_test_now() {
+    let w = World::new("wh-run").await;
+    let by_ref: MonitorRun = serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "MonitorRun",
+        "metadata": {"generateName": "test-now-"},
+        "spec": {"monitorRef": {"name": "shop"}},
+    }))
+    .unwrap();
+    let inline: MonitorRun = serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "MonitorRun",
+        "metadata": {"generateName": "test-now-"},
+        "spec": {"monitor": {
+            "url": "https://mallory.example.net/collect",
+            "headers": [{"name": "X-Api-Key", "value": "{{@VaultItem.shop-api-token.Value}}"}],
+        }},
+    }))
+    .unwrap();
+
+    let mallory: Api<MonitorRun> =
+        Api::namespaced(w.as_user("mallory", &["dev"]).await, &w.ns);
+    let (code, message) = refused(mallory.create(&PostParams::default(), &by_ref).await);
+    assert_eq!(code, 403, "{message}");
+    let (code, message) = refused(mallory.create(&PostParams::default(), &inline).await);
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("shop-api-token"), "{message}");
+
+    // alice (items by name) may test the monitor; the run is stamped for her under the
+    // name the API server generated.
+    let alice: Api<MonitorRun> = Api::namespaced(w.as_user("alice", &[]).await, &w.ns);
+    let run = alice
+        .create(&PostParams::default(), &by_ref)
+        .await
+        .expect("alice may test the shop monitor");
+    let refs = webhook::verify_run(&w.keys().await, &run)
+        .await
+        .expect("the run's stamp verifies");
+    assert_eq!(refs.user, "alice");
+    assert!(refs.items.contains("shop-login"));
+}
+
+#[tokio::test]
+async fn use_on_the_item_or_its_section_allows_the_change_for_users_and_service_accounts() {
+    let w = World::new("wh-allow").await;
+    let keys = w.keys().await;
+    let cases = [
+        ("alice (use on the items by name)", w.as_user("alice", &[]).await, "alice"),
+        (
+            "bob (use on the section, through his group)",
+            w.as_user("bob", &["checkout-team"]).await,
+            "bob",
+        ),
+        (
+            "the deployer ServiceAccount (use on the section)",
+            w.as_service_account("deployer").await,
+            "system:serviceaccount:",
+        ),
+    ];
+    for (i, (who, client, user)) in cases.into_iter().enumerate() {
+        let monitors: Api<Monitor> = Api::namespaced(client, &w.ns);
+        let url = format!("https://shop.example.com/login?step={i}");
+        let changed = monitors
+            .patch("shop", &PatchParams::default(), &url_patch(&url))
+            .await
+            .unwrap_or_else(|e| panic!("{who}: {e}"));
+        assert_eq!(changed.spec.url, url, "{who}");
+        let refs = webhook::verify(&keys, &changed)
+            .await
+            .unwrap_or_else(|e| panic!("{who}: {e}"));
+        assert!(refs.user.starts_with(user), "{who}: {}", refs.user);
+        assert_eq!(refs.items.len(), 2, "{who}");
+    }
+}
+
+#[tokio::test]
+async fn a_monitor_written_while_the_webhook_was_not_registered_carries_no_stamp() {
+    let w = World::with_before("wh-legacy", |admin, ns| async move {
+        let monitors: Api<Monitor> = Api::namespaced(admin, &ns);
+        monitors
+            .create(&PostParams::default(), &shop_monitor("legacy"))
+            .await
+            .expect("no webhook yet");
+    })
+    .await;
+    let keys = w.keys().await;
+    let legacy = w.monitors().get("legacy").await.unwrap();
+    let error = webhook::verify(&keys, &legacy).await.unwrap_err();
+    assert!(matches!(error, StampError::Missing { .. }), "{error}");
+
+    // Someone permitted applies it again: now it is stamped.
+    let alice: Api<Monitor> = Api::namespaced(w.as_user("alice", &[]).await, &w.ns);
+    let reapplied = alice
+        .patch(
+            "legacy",
+            &PatchParams::default(),
+            &url_patch("https://shop.example.com/login?v=2"),
+        )
+        .await
+        .expect("alice may");
+    webhook::verify(&keys, &reapplied)
+        .await
+        .expect("stamped now");
+}
+
+// ---------------------------------------------------------------------------------------
+// Plaintext writes
+
+#[tokio::test]
+async fn kubectl_apply_of_a_plaintext_is_sealed_and_the_plaintext_is_nowhere() {
+    const PASSWORD: &str = "e2e-apply-Hunter2-c0ffee-5150";
+    let w = World::new("wh-apply").await;
+    let manifest = format!(
+        "apiVersion: monivault.io/v1alpha1\nkind: VaultItem\nmetadata:\n  name: applied\nspec:\n  type: CredentialSet\n  section: checkout\n  allowedHosts: [shop.example.com]\n  credentialSet:\n    username: bot\n    password: {PASSWORD}\n"
+    );
+    let out = w
+        .c
+        .kubectl_stdin(&["apply", "-n", &w.ns, "-f", "-"], &manifest);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = w
+        .c
+        .kubectl(&["get", "-n", &w.ns, "vaultitem", "applied", "-o", "yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let yaml = stdout(&out);
+    assert!(!yaml.contains(PASSWORD), "the plaintext came back:\n{yaml}");
+    let items: Api<VaultItem> = w.api();
+    let item = items.get("applied").await.unwrap();
+    let value = serde_json::to_value(&item).unwrap();
+    assert_eq!(value["spec"]["credentialSet"]["password"], "*****");
+    assert!(
+        value["spec"]["sealed"]["password"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("mv1.s.")),
+        "{value}"
+    );
+    let last_applied = value["metadata"]["annotations"]
+        ["kubectl.kubernetes.io/last-applied-configuration"]
+        .as_str()
+        .expect("kubectl wrote the annotation");
+    assert!(last_applied.contains("*****"), "{last_applied}");
+
+    // Applying the same file again changes nothing: GitOps sees no drift.
+    let version = item.metadata.resource_version.clone();
+    let out = w
+        .c
+        .kubectl_stdin(&["apply", "-n", &w.ns, "-f", "-"], &manifest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = items.get("applied").await.unwrap();
+    assert_eq!(again.metadata.resource_version, version, "a second apply wrote");
+
+    ready_condition(&items, "applied", "True").await;
+    let plaintexts = [PASSWORD, LOGIN_PASSWORD, API_TOKEN];
+    w.c.assert_not_in_etcd(&plaintexts);
+    let audit = std::fs::read_to_string(w.c.var("MONIVAULT_AUDIT_LOG")).expect("audit log");
+    assert!(audit.contains(&w.ns), "the audit log records this test's requests");
+    for plaintext in plaintexts {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(plaintext);
+        assert!(!audit.contains(plaintext), "a plaintext is in the audit log");
+        assert!(!audit.contains(&b64), "a plaintext's base64 is in the audit log");
+    }
+}
+
+#[tokio::test]
+async fn with_the_webhook_down_a_plaintext_is_refused_and_nothing_is_stored() {
+    const PASSWORD: &str = "e2e-down-Secret-77aa19-b00b";
+    let mut w = World::new("wh-down").await;
+    w.op.kill();
+    let items: Api<VaultItem> = w.api();
+    let (_, message) = refused(
+        items
+            .create(&PostParams::default(), &plaintext_login("while-down", PASSWORD))
+            .await,
+    );
+    assert!(
+        message.contains("failed calling webhook"),
+        "refused by the unreachable webhook: {message}"
+    );
+    assert!(!message.contains(PASSWORD), "{message}");
+    assert!(items.get_opt("while-down").await.unwrap().is_none());
+    w.c.assert_not_in_etcd(&[PASSWORD]);
+
+    // Monitors cannot be changed unchecked either.
+    let (_, message) = refused(
+        w.monitors()
+            .patch("shop", &PatchParams::default(), &url_patch("https://x.example/"))
+            .await,
+    );
+    assert!(message.contains("failed calling webhook"), "{message}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Delete guards
+
+#[tokio::test]
+async fn an_item_in_use_and_a_section_with_items_are_not_deleted_until_the_namespace_goes() {
+    let w = World::new("wh-delete").await;
+    let items: Api<VaultItem> = w.api();
+    let sections: Api<VaultSection> = w.api();
+    let dp = DeleteParams::default();
+
+    let (code, message) = refused(items.delete("shop-login", &dp).await);
+    assert_eq!(code, 409, "{message}");
+    assert!(message.contains("used by Monitor(s) shop"), "{message}");
+    let (code, message) = refused(sections.delete("checkout", &dp).await);
+    assert_eq!(code, 409, "{message}");
+    assert!(
+        message.contains("shop-api-token, shop-login"),
+        "{message}"
+    );
+    assert!(items.get_opt("shop-login").await.unwrap().is_some());
+
+    // Once the monitor no longer uses it, the item may go.
+    let mut unhooked = w.monitors().get("shop").await.unwrap();
+    unhooked.spec.auth = None;
+    w.monitors()
+        .replace("shop", &PostParams::default(), &unhooked)
+        .await
+        .expect("the admin unhooks shop-login");
+    items
+        .delete("shop-login", &dp)
+        .await
+        .expect("an unused item may be deleted");
+
+    // A namespace being deleted is never held up (no controller-manager runs here, so it
+    // stays Terminating and we can watch the guards stand aside).
+    Api::<Namespace>::all(w.admin.clone())
+        .delete(&w.ns, &dp)
+        .await
+        .expect("delete the namespace");
+    eventually("the section to be deleted in a terminating namespace", || {
+        let sections = sections.clone();
+        async move { sections.delete("checkout", &DeleteParams::default()).await.ok() }
+    })
+    .await;
+    items
+        .delete("shop-api-token", &dp)
+        .await
+        .expect("items go with their namespace, monitor or not");
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad input
+
+#[tokio::test]
+async fn hostile_placeholders_and_malformed_reviews_get_clean_errors() {
+    let mut w = World::new("wh-bad").await;
+    let cases = [
+        ("https://shop.example.com/{{@VaultItem.shop-login.Password", "offset"),
+        ("https://shop.example.com/{{@VaultItem.shop-login.Pin}}", "Pin"),
+        ("https://shop.example.com/{{@VaultItem..Password}}", "offset"),
+    ];
+    for (i, (url, expected)) in cases.into_iter().enumerate() {
+        let mut monitor = shop_monitor(&format!("hostile-{i}"));
+        monitor.spec.url = url.to_owned();
+        let (code, message) = refused(
+            w.monitors()
+                .create(&PostParams::default(), &monitor)
+                .await,
+        );
+        assert_eq!(code, 422, "{url}: {message}");
+        assert!(message.contains(expected), "{url}: {message}");
+    }
+
+    // Straight to the webhook, as a hostile client on the network would.
+    let url = w.webhook_url().await;
+    let post = |path: &str, body: Vec<u8>| {
+        let mut child = std::process::Command::new("curl")
+            .args(["-sS", "-k", "-X", "POST", "-H", "Content-Type: application/json"])
+            .args(["--data-binary", "@-", "-w", "\n%{http_code}"])
+            .arg(format!("{url}{path}"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl");
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&body);
+        });
+        let out = child.wait_with_output().expect("curl output");
+        let _ = writer.join();
+        stdout(&out)
+    };
+    let malformed = post("/mutate/vaultitems", b"{\"kind\": \"AdmissionReview\", ".to_vec());
+    assert!(malformed.contains("\"allowed\":false"), "{malformed}");
+    assert!(malformed.contains("\"code\":400"), "{malformed}");
+    let wrong = post(
+        "/validate/monitors",
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+               "request": {"uid": "u1", "operation": 7}})
+        .to_string()
+        .into_bytes(),
+    );
+    assert!(wrong.contains("\"allowed\":false"), "{wrong}");
+    let oversized = post("/mutate/vaultitems", vec![b' '; 4 * 1024 * 1024]);
+    assert!(
+        oversized.contains("413") || oversized.contains("\"code\":413"),
+        "{oversized}"
+    );
+    assert!(w.op.is_running(), "the operator survived:\n{}", w.op.stderr());
+
+    // And it still works.
+    let items: Api<VaultItem> = w.api();
+    items
+        .create(
+            &PostParams::default(),
+            &plaintext_login("after-bad-input", "e2e-after-bad-Input-9"),
+        )
+        .await
+        .expect("still sealing");
+}
