@@ -21,6 +21,7 @@
 
 pub mod authorize;
 pub mod seal_items;
+pub mod tls;
 
 use std::future::Future;
 
