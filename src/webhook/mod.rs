@@ -24,6 +24,7 @@ pub mod deletes;
 pub mod handlers;
 pub mod monitors;
 pub mod seal_items;
+pub mod tls;
 
 use std::future::Future;
 
