@@ -16,6 +16,7 @@ use monivault::crypto::{self, Plaintext, SealBinding, SealingPublicKey};
 use monivault::store::SecretStore;
 use monivault::telemetry::server::{self, Readiness};
 use monivault::telemetry::{self, Metrics};
+use monivault::webhook;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -65,6 +66,64 @@ struct RunArgs {
     lease_renew_seconds: u64,
     #[command(flatten)]
     rotation: controller::rotation::RotationArgs,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// Where to serve the admission webhooks, over HTTPS (port 0: any free port, logged).
+    #[arg(long, env = "MONIVAULT_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    webhook_addr: SocketAddr,
+    /// The serving certificate (PEM), e.g. mounted by cert-manager; reloaded when it
+    /// changes. Without it, the operator keeps its own CA and a short-lived certificate in
+    /// the Secret monivault-webhook-tls and renews it before it expires.
+    #[arg(long, env = "MONIVAULT_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The serving certificate's private key (PEM), with --tls-cert-file.
+    #[arg(long, env = "MONIVAULT_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// How often to check the certificate files for a change, in seconds.
+    #[arg(long, default_value_t = 10)]
+    tls_poll_seconds: u64,
+    /// DNS names of the self-managed serving certificate (comma-separated). Default: the
+    /// Service monivault-webhook in the operator's namespace.
+    #[arg(long = "webhook-dns-name", env = "MONIVAULT_WEBHOOK_DNS_NAMES", value_delimiter = ',')]
+    webhook_dns_names: Vec<String>,
+    /// The name of monivault's MutatingWebhookConfiguration and
+    /// ValidatingWebhookConfiguration; a self-managed certificate's CA is kept in their
+    /// caBundle.
+    #[arg(long, env = "MONIVAULT_WEBHOOK_CONFIGURATION", default_value = "monivault")]
+    webhook_configuration: String,
+    /// Local mode (no Service, e.g. the test control plane): register the webhooks with
+    /// `url:` client configs to 127.0.0.1 and the served port, for --watch-namespace only
+    /// when given, and remove them again on shutdown. Needs the self-managed certificate.
+    #[arg(long)]
+    register_local_webhooks: bool,
+}
+
+impl WebhookArgs {
+    fn settings(&self, namespace: &str, watch_namespace: Option<&str>) -> webhook::WebhookSettings {
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => webhook::TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+                poll_every: Duration::from_secs(self.tls_poll_seconds.max(1)),
+            },
+            _ => webhook::TlsSource::SelfManaged {
+                dns_names: self.webhook_dns_names.clone(),
+            },
+        };
+        webhook::WebhookSettings {
+            addr: self.webhook_addr,
+            tls,
+            configuration: self.webhook_configuration.clone(),
+            register_local: self.register_local_webhooks,
+            namespace: namespace.to_owned(),
+            watch_namespace: watch_namespace.map(str::to_owned),
+            limits: webhook::Limits::default(),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -126,6 +185,8 @@ enum CliError {
     Server(#[from] monivault::telemetry::server::ServerError),
     #[error("{0}")]
     Leader(#[from] leader::LeaderError),
+    #[error("{0}")]
+    Webhook(#[from] webhook::WebhookStartError),
 }
 
 /// Unique per process, so replicas started without `POD_NAME` never share a Lease identity.
@@ -177,8 +238,28 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         let client = kube::Client::try_default().await.map_err(CliError::Kube)?;
         let store = Arc::new(SecretStore::new(client.clone(), &args.namespace));
         let keys = Arc::new(Keys::bootstrap(store).await?);
+        let settings = args
+            .webhook
+            .settings(&args.namespace, args.watch_namespace.as_deref());
+        let webhooks = webhook::start(client.clone(), keys.clone(), settings).await?;
         readiness.set_ready();
         tracing::info!(namespace = %args.namespace, "monivault started");
+        let outcome = lead_and_control(args, client, keys, metrics, rotation_metrics).await;
+        webhooks.stop().await;
+        outcome
+    })
+}
+
+/// Waits for the leader Lease, then runs the controller and key rotation until shutdown.
+/// Returns an error if this replica loses the Lease.
+async fn lead_and_control(
+    args: RunArgs,
+    client: kube::Client,
+    keys: Arc<Keys<SecretStore>>,
+    metrics: Arc<Metrics>,
+    rotation_metrics: Arc<controller::rotation::RotationMetrics>,
+) -> Result<(), CliError> {
+    {
 
         let lease = leader::LeaseSettings {
             namespace: args.namespace.clone(),
@@ -221,7 +302,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         }
         election.release().await;
         Ok(())
-    })
+    }
 }
 
 /// SIGTERM (what Kubernetes sends) or Ctrl-C.

@@ -223,7 +223,7 @@ async fn grant_roles(c: &Cluster, admin: &Client, ns: &str) {
             ..ObjectMeta::default()
         },
         role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
             kind: kind.into(),
             name: role.into(),
         },

@@ -24,6 +24,7 @@ pub mod deletes;
 pub mod handlers;
 pub mod monitors;
 pub mod seal_items;
+pub mod serving;
 pub mod tls;
 
 use std::future::Future;
@@ -45,6 +46,8 @@ pub use monitors::{
     verify_run,
 };
 pub use seal_items::{SealError, seal_vault_item};
+pub use server::Limits;
+pub use serving::{RunningWebhooks, TlsSource, WebhookSettings, WebhookStartError, start};
 
 /// The admission endpoints the server exposes, one per registered webhook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
