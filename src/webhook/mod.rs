@@ -9,6 +9,9 @@
 //!   needs the `use` verb on every vault item the object carries, before and after the
 //!   change, or on the item's section.
 //! - [`parse_review`]: raw body bytes to a request, or to a clean error for bad input.
+//! - [`server`]: the routes over HTTPS (rustls, HTTP/1.1 and HTTP/2), with body, concurrency
+//!   and time limits, in front of an [`Admission`].
+//! - [`registration`]: the webhook configurations that send the API server's requests here.
 //!
 //! What it must never do:
 //! - return or log a plaintext: messages name fields and reasons, patches carry only the
@@ -20,7 +23,9 @@
 //! - panic on any input.
 
 pub mod authorize;
+pub mod registration;
 pub mod seal_items;
+pub mod server;
 
 use std::future::Future;
 
