@@ -88,12 +88,20 @@ struct WebhookArgs {
     tls_poll_seconds: u64,
     /// DNS names of the self-managed serving certificate (comma-separated). Default: the
     /// Service monivault-webhook in the operator's namespace.
-    #[arg(long = "webhook-dns-name", env = "MONIVAULT_WEBHOOK_DNS_NAMES", value_delimiter = ',')]
+    #[arg(
+        long = "webhook-dns-name",
+        env = "MONIVAULT_WEBHOOK_DNS_NAMES",
+        value_delimiter = ','
+    )]
     webhook_dns_names: Vec<String>,
     /// The name of monivault's MutatingWebhookConfiguration and
     /// ValidatingWebhookConfiguration; a self-managed certificate's CA is kept in their
     /// caBundle.
-    #[arg(long, env = "MONIVAULT_WEBHOOK_CONFIGURATION", default_value = "monivault")]
+    #[arg(
+        long,
+        env = "MONIVAULT_WEBHOOK_CONFIGURATION",
+        default_value = "monivault"
+    )]
     webhook_configuration: String,
     /// Local mode (no Service, e.g. the test control plane): register the webhooks with
     /// `url:` client configs to 127.0.0.1 and the served port, for --watch-namespace only
@@ -260,7 +268,6 @@ async fn lead_and_control(
     rotation_metrics: Arc<controller::rotation::RotationMetrics>,
 ) -> Result<(), CliError> {
     {
-
         let lease = leader::LeaseSettings {
             namespace: args.namespace.clone(),
             identity: args.instance.clone(),

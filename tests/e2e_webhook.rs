@@ -129,9 +129,12 @@ impl World {
 
     /// The keys the operator stamps with, read from its store as the runner will.
     async fn keys(&self) -> Keys<SecretStore> {
-        Keys::bootstrap(Arc::new(SecretStore::new(self.admin.clone(), &self.store_ns)))
-            .await
-            .expect("the operator's keys")
+        Keys::bootstrap(Arc::new(SecretStore::new(
+            self.admin.clone(),
+            &self.store_ns,
+        )))
+        .await
+        .expect("the operator's keys")
     }
 
     /// The base URL the operator registered its webhooks at.
@@ -234,13 +237,14 @@ async fn grant_roles(c: &Cluster, admin: &Client, ns: &str) {
             "everyone-edits",
             "ClusterRole",
             "monivault-edit",
-            vec![
-                user("alice"),
-                user("mallory"),
-                service_account("intruder"),
-            ],
+            vec![user("alice"), user("mallory"), service_account("intruder")],
         ),
-        binding("alice-uses-shop-items", "Role", "use-shop-items", vec![user("alice")]),
+        binding(
+            "alice-uses-shop-items",
+            "Role",
+            "use-shop-items",
+            vec![user("alice")],
+        ),
     ] {
         bindings
             .create(&PostParams::default(), &b)
@@ -267,14 +271,17 @@ fn url_patch(url: &str) -> Patch<Value> {
 #[tokio::test]
 async fn without_use_a_user_cannot_steer_unhook_or_reuse_an_item() {
     let w = World::new("wh-deny").await;
-    let mallory: Api<Monitor> =
-        Api::namespaced(w.as_user("mallory", &["dev"]).await, &w.ns);
+    let mallory: Api<Monitor> = Api::namespaced(w.as_user("mallory", &["dev"]).await, &w.ns);
     let pp = PatchParams::default();
 
     // Point the monitor at her own host.
     let (code, message) = refused(
         mallory
-            .patch("shop", &pp, &url_patch("https://mallory.example.net/collect"))
+            .patch(
+                "shop",
+                &pp,
+                &url_patch("https://mallory.example.net/collect"),
+            )
             .await,
     );
     assert_eq!(code, 403, "{message}");
@@ -297,8 +304,7 @@ async fn without_use_a_user_cannot_steer_unhook_or_reuse_an_item() {
     );
 
     // A ServiceAccount without `use` is refused the same way.
-    let intruder: Api<Monitor> =
-        Api::namespaced(w.as_service_account("intruder").await, &w.ns);
+    let intruder: Api<Monitor> = Api::namespaced(w.as_service_account("intruder").await, &w.ns);
     let (code, message) = refused(
         intruder
             .patch("shop", &pp, &url_patch("https://intruder.example.net/"))
@@ -316,18 +322,14 @@ async fn without_use_a_user_cannot_steer_unhook_or_reuse_an_item() {
 async fn a_metadata_only_change_needs_no_use_and_keeps_the_stamp() {
     let w = World::new("wh-meta").await;
     let before = w.monitors().get("shop").await.unwrap();
-    let mallory: Api<Monitor> =
-        Api::namespaced(w.as_user("mallory", &["dev"]).await, &w.ns);
+    let mallory: Api<Monitor> = Api::namespaced(w.as_user("mallory", &["dev"]).await, &w.ns);
     let labels = Patch::Merge(json!({"metadata": {"labels": {"team": "web"},
         "annotations": {STAMP_ANNOTATION: "{\"v\":1,\"forged\":true}"}}}));
     let after = mallory
         .patch("shop", &PatchParams::default(), &labels)
         .await
         .expect("a label change is allowed");
-    assert_eq!(
-        after.labels().get("team").map(String::as_str),
-        Some("web")
-    );
+    assert_eq!(after.labels().get("team").map(String::as_str), Some("web"));
     assert_eq!(
         after.annotations().get(STAMP_ANNOTATION),
         before.annotations().get(STAMP_ANNOTATION),
@@ -357,8 +359,7 @@ async fn without_use_a_user_cannot_test_now() {
     }))
     .unwrap();
 
-    let mallory: Api<MonitorRun> =
-        Api::namespaced(w.as_user("mallory", &["dev"]).await, &w.ns);
+    let mallory: Api<MonitorRun> = Api::namespaced(w.as_user("mallory", &["dev"]).await, &w.ns);
     let (code, message) = refused(mallory.create(&PostParams::default(), &by_ref).await);
     assert_eq!(code, 403, "{message}");
     let (code, message) = refused(mallory.create(&PostParams::default(), &inline).await);
@@ -384,7 +385,11 @@ async fn use_on_the_item_or_its_section_allows_the_change_for_users_and_service_
     let w = World::new("wh-allow").await;
     let keys = w.keys().await;
     let cases = [
-        ("alice (use on the items by name)", w.as_user("alice", &[]).await, "alice"),
+        (
+            "alice (use on the items by name)",
+            w.as_user("alice", &[]).await,
+            "alice",
+        ),
         (
             "bob (use on the section, through his group)",
             w.as_user("bob", &["checkout-team"]).await,
@@ -452,14 +457,12 @@ async fn kubectl_apply_of_a_plaintext_is_sealed_and_the_plaintext_is_nowhere() {
     let manifest = format!(
         "apiVersion: monivault.io/v1alpha1\nkind: VaultItem\nmetadata:\n  name: applied\nspec:\n  type: CredentialSet\n  section: checkout\n  allowedHosts: [shop.example.com]\n  credentialSet:\n    username: bot\n    password: {PASSWORD}\n"
     );
-    let out = w
-        .c
-        .kubectl_stdin(&["apply", "-n", &w.ns, "-f", "-"], &manifest);
+    let out =
+        w.c.kubectl_stdin(&["apply", "-n", &w.ns, "-f", "-"], &manifest);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let out = w
-        .c
-        .kubectl(&["get", "-n", &w.ns, "vaultitem", "applied", "-o", "yaml"]);
+    let out =
+        w.c.kubectl(&["get", "-n", &w.ns, "vaultitem", "applied", "-o", "yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let yaml = stdout(&out);
     assert!(!yaml.contains(PASSWORD), "the plaintext came back:\n{yaml}");
@@ -473,30 +476,41 @@ async fn kubectl_apply_of_a_plaintext_is_sealed_and_the_plaintext_is_nowhere() {
             .is_some_and(|s| s.starts_with("mv1.s.")),
         "{value}"
     );
-    let last_applied = value["metadata"]["annotations"]
-        ["kubectl.kubernetes.io/last-applied-configuration"]
-        .as_str()
-        .expect("kubectl wrote the annotation");
+    let last_applied =
+        value["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .as_str()
+            .expect("kubectl wrote the annotation");
     assert!(last_applied.contains("*****"), "{last_applied}");
 
     // Applying the same file again changes nothing: GitOps sees no drift.
     let version = item.metadata.resource_version.clone();
-    let out = w
-        .c
-        .kubectl_stdin(&["apply", "-n", &w.ns, "-f", "-"], &manifest);
+    let out =
+        w.c.kubectl_stdin(&["apply", "-n", &w.ns, "-f", "-"], &manifest);
     assert!(out.status.success(), "{}", stderr(&out));
     let again = items.get("applied").await.unwrap();
-    assert_eq!(again.metadata.resource_version, version, "a second apply wrote");
+    assert_eq!(
+        again.metadata.resource_version, version,
+        "a second apply wrote"
+    );
 
     ready_condition(&items, "applied", "True").await;
     let plaintexts = [PASSWORD, LOGIN_PASSWORD, API_TOKEN];
     w.c.assert_not_in_etcd(&plaintexts);
     let audit = std::fs::read_to_string(w.c.var("MONIVAULT_AUDIT_LOG")).expect("audit log");
-    assert!(audit.contains(&w.ns), "the audit log records this test's requests");
+    assert!(
+        audit.contains(&w.ns),
+        "the audit log records this test's requests"
+    );
     for plaintext in plaintexts {
         let b64 = base64::engine::general_purpose::STANDARD.encode(plaintext);
-        assert!(!audit.contains(plaintext), "a plaintext is in the audit log");
-        assert!(!audit.contains(&b64), "a plaintext's base64 is in the audit log");
+        assert!(
+            !audit.contains(plaintext),
+            "a plaintext is in the audit log"
+        );
+        assert!(
+            !audit.contains(&b64),
+            "a plaintext's base64 is in the audit log"
+        );
     }
 }
 
@@ -508,7 +522,10 @@ async fn with_the_webhook_down_a_plaintext_is_refused_and_nothing_is_stored() {
     let items: Api<VaultItem> = w.api();
     let (_, message) = refused(
         items
-            .create(&PostParams::default(), &plaintext_login("while-down", PASSWORD))
+            .create(
+                &PostParams::default(),
+                &plaintext_login("while-down", PASSWORD),
+            )
             .await,
     );
     assert!(
@@ -522,7 +539,11 @@ async fn with_the_webhook_down_a_plaintext_is_refused_and_nothing_is_stored() {
     // Monitors cannot be changed unchecked either.
     let (_, message) = refused(
         w.monitors()
-            .patch("shop", &PatchParams::default(), &url_patch("https://x.example/"))
+            .patch(
+                "shop",
+                &PatchParams::default(),
+                &url_patch("https://x.example/"),
+            )
             .await,
     );
     assert!(message.contains("failed calling webhook"), "{message}");
@@ -543,10 +564,7 @@ async fn an_item_in_use_and_a_section_with_items_are_not_deleted_until_the_names
     assert!(message.contains("used by Monitor(s) shop"), "{message}");
     let (code, message) = refused(sections.delete("checkout", &dp).await);
     assert_eq!(code, 409, "{message}");
-    assert!(
-        message.contains("shop-api-token, shop-login"),
-        "{message}"
-    );
+    assert!(message.contains("shop-api-token, shop-login"), "{message}");
     assert!(items.get_opt("shop-login").await.unwrap().is_some());
 
     // Once the monitor no longer uses it, the item may go.
@@ -567,10 +585,18 @@ async fn an_item_in_use_and_a_section_with_items_are_not_deleted_until_the_names
         .delete(&w.ns, &dp)
         .await
         .expect("delete the namespace");
-    eventually("the section to be deleted in a terminating namespace", || {
-        let sections = sections.clone();
-        async move { sections.delete("checkout", &DeleteParams::default()).await.ok() }
-    })
+    eventually(
+        "the section to be deleted in a terminating namespace",
+        || {
+            let sections = sections.clone();
+            async move {
+                sections
+                    .delete("checkout", &DeleteParams::default())
+                    .await
+                    .ok()
+            }
+        },
+    )
     .await;
     items
         .delete("shop-api-token", &dp)
@@ -585,18 +611,23 @@ async fn an_item_in_use_and_a_section_with_items_are_not_deleted_until_the_names
 async fn hostile_placeholders_and_malformed_reviews_get_clean_errors() {
     let mut w = World::new("wh-bad").await;
     let cases = [
-        ("https://shop.example.com/{{@VaultItem.shop-login.Password", "offset"),
-        ("https://shop.example.com/{{@VaultItem.shop-login.Pin}}", "Pin"),
-        ("https://shop.example.com/{{@VaultItem..Password}}", "offset"),
+        (
+            "https://shop.example.com/{{@VaultItem.shop-login.Password",
+            "offset",
+        ),
+        (
+            "https://shop.example.com/{{@VaultItem.shop-login.Pin}}",
+            "Pin",
+        ),
+        (
+            "https://shop.example.com/{{@VaultItem..Password}}",
+            "offset",
+        ),
     ];
     for (i, (url, expected)) in cases.into_iter().enumerate() {
         let mut monitor = shop_monitor(&format!("hostile-{i}"));
         monitor.spec.url = url.to_owned();
-        let (code, message) = refused(
-            w.monitors()
-                .create(&PostParams::default(), &monitor)
-                .await,
-        );
+        let (code, message) = refused(w.monitors().create(&PostParams::default(), &monitor).await);
         assert_eq!(code, 422, "{url}: {message}");
         assert!(message.contains(expected), "{url}: {message}");
     }
@@ -605,7 +636,14 @@ async fn hostile_placeholders_and_malformed_reviews_get_clean_errors() {
     let url = w.webhook_url().await;
     let post = |path: &str, body: Vec<u8>| {
         let mut child = std::process::Command::new("curl")
-            .args(["-sS", "-k", "-X", "POST", "-H", "Content-Type: application/json"])
+            .args([
+                "-sS",
+                "-k",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+            ])
             .args(["--data-binary", "@-", "-w", "\n%{http_code}"])
             .arg(format!("{url}{path}"))
             .stdin(std::process::Stdio::piped())
@@ -622,7 +660,10 @@ async fn hostile_placeholders_and_malformed_reviews_get_clean_errors() {
         let _ = writer.join();
         stdout(&out)
     };
-    let malformed = post("/mutate/vaultitems", b"{\"kind\": \"AdmissionReview\", ".to_vec());
+    let malformed = post(
+        "/mutate/vaultitems",
+        b"{\"kind\": \"AdmissionReview\", ".to_vec(),
+    );
     assert!(malformed.contains("\"allowed\":false"), "{malformed}");
     assert!(malformed.contains("\"code\":400"), "{malformed}");
     let wrong = post(
@@ -638,7 +679,11 @@ async fn hostile_placeholders_and_malformed_reviews_get_clean_errors() {
         oversized.contains("413") || oversized.contains("\"code\":413"),
         "{oversized}"
     );
-    assert!(w.op.is_running(), "the operator survived:\n{}", w.op.stderr());
+    assert!(
+        w.op.is_running(),
+        "the operator survived:\n{}",
+        w.op.stderr()
+    );
 
     // And it still works.
     let items: Api<VaultItem> = w.api();

@@ -9,6 +9,9 @@
 //!   needs the `use` verb on every vault item the object carries, before and after the
 //!   change, or on the item's section.
 //! - [`parse_review`]: raw body bytes to a request, or to a clean error for bad input.
+//! - [`server`]: the routes over HTTPS (rustls, HTTP/1.1 and HTTP/2), with body, concurrency
+//!   and time limits, in front of an [`Admission`].
+//! - [`registration`]: the webhook configurations that send the API server's requests here.
 //!
 //! What it must never do:
 //! - return or log a plaintext: messages name fields and reasons, patches carry only the
@@ -23,7 +26,9 @@ pub mod authorize;
 pub mod deletes;
 pub mod handlers;
 pub mod monitors;
+pub mod registration;
 pub mod seal_items;
+pub mod server;
 pub mod serving;
 pub mod tls;
 

@@ -106,9 +106,11 @@ pub async fn start<S: Store>(
             let mut files = tls::CertFiles::new(cert.clone(), key.clone());
             files.poll(&resolver).await?;
             let (resolver, poll_every) = (resolver.clone(), *poll_every);
-            tasks.push(tokio::spawn(
-                files.watch(resolver, poll_every, stopped(stop_rx.clone())),
-            ));
+            tasks.push(tokio::spawn(files.watch(
+                resolver,
+                poll_every,
+                stopped(stop_rx.clone()),
+            )));
             None
         }
         TlsSource::SelfManaged { dns_names } => {
@@ -196,7 +198,9 @@ async fn deregister(client: &Client, name: &str) {
         match result {
             Ok(()) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(e) => tracing::warn!(name, error = %e, "could not remove the local webhook registration"),
+            Err(e) => {
+                tracing::warn!(name, error = %e, "could not remove the local webhook registration")
+            }
         }
     }
     tracing::info!(name, "removed the local webhook registration");
