@@ -32,8 +32,9 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions generated from the Rust types, as YAML.
     Crds,
-    /// Run the operator: the controller that ingests vault items into the encrypted store.
-    Run(RunArgs),
+    /// Run the operator: the admission webhooks, and on the leader the controller that
+    /// ingests vault items into the encrypted store and rotates the keys.
+    Run(Box<RunArgs>),
     /// Seal a secret for GitOps. Reads the value from standard input (never from the
     /// command line, which other users can see in the process list) and prints the
     /// `mv1.s.…` string to put under `spec.sealed.<field>`.
@@ -220,7 +221,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crds => print_crds(),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Seal(args) => seal(&args),
         Command::Rotate(args) => rotate(&args),
     };

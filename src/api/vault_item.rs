@@ -350,7 +350,7 @@ pub struct CredentialSetSpec {
     /// Write-only. A plaintext password (sealed by the webhook), or `*****` once sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = limits::PASSWORD))]
-    #[x_kube(validation = Rule::new("self == '*****'").message(masked_rule_message!("credentialSet.password")))]
+    #[x_kube(validation = Rule::new("self == '*****'").message(masked_rule_message!("credentialSet.password")).reason(Reason::FieldValueForbidden))]
     pub password: Option<String>,
 }
 
@@ -361,7 +361,7 @@ pub struct SecretSpec {
     /// Write-only. A plaintext token (sealed by the webhook), or `*****` once sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = limits::SECRET_VALUE))]
-    #[x_kube(validation = Rule::new("self == '*****'").message(masked_rule_message!("secret.value")))]
+    #[x_kube(validation = Rule::new("self == '*****'").message(masked_rule_message!("secret.value")).reason(Reason::FieldValueForbidden))]
     pub value: Option<String>,
 }
 
@@ -372,14 +372,14 @@ pub struct CertificateArchiveSpec {
     /// Write-only. The PKCS#12 (.p12/.pfx) file in base64, or `*****` once sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = limits::ARCHIVE))]
-    #[x_kube(validation = Rule::new("self == '*****'").message(masked_rule_message!("certificateArchive.archive")))]
+    #[x_kube(validation = Rule::new("self == '*****'").message(masked_rule_message!("certificateArchive.archive")).reason(Reason::FieldValueForbidden))]
     pub archive: Option<String>,
 
     /// Write-only. The archive's password, or `*****` once sealed. Omit it for an archive
     /// without one. Sealed as `sealed.archivePassword`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = limits::PASSWORD))]
-    #[x_kube(validation = Rule::new("self == '*****'").message(masked_rule_message!("certificateArchive.password")))]
+    #[x_kube(validation = Rule::new("self == '*****'").message(masked_rule_message!("certificateArchive.password")).reason(Reason::FieldValueForbidden))]
     pub password: Option<String>,
 }
 
@@ -406,7 +406,7 @@ pub struct FileSpec {
     /// or `*****` once sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = limits::FILE_CONTENT))]
-    #[x_kube(validation = Rule::new("self == '*****'").message(masked_rule_message!("file.content")))]
+    #[x_kube(validation = Rule::new("self == '*****'").message(masked_rule_message!("file.content")).reason(Reason::FieldValueForbidden))]
     pub content: Option<String>,
 }
 
@@ -417,7 +417,7 @@ pub struct OneTimePasswordSpec {
     /// Write-only. The shared TOTP seed in `encoding`, or `*****` once sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = limits::OTP_SECRET))]
-    #[x_kube(validation = Rule::new("self == '*****'").message(masked_rule_message!("oneTimePassword.secret")))]
+    #[x_kube(validation = Rule::new("self == '*****'").message(masked_rule_message!("oneTimePassword.secret")).reason(Reason::FieldValueForbidden))]
     pub secret: Option<String>,
 
     /// How the seed is written.

@@ -4,7 +4,6 @@
 //! Every replica serves; leadership plays no part here. The server is bound before the
 //! registration is applied, so the API server never calls a port nobody listens on.
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -79,10 +78,8 @@ pub struct RunningWebhooks {
 }
 
 /// Resolves once `stop` says true (or its sender is gone).
-fn stopped(mut stop: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = stop.wait_for(|stopped| *stopped).await;
-    }
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 pub async fn start<S: Store>(

@@ -201,6 +201,35 @@ impl Cluster {
         }
     }
 
+    /// The API server's audit log from `since` on: the current file and any file it was
+    /// rotated into since (the API server rotates at 100 MB).
+    pub fn audit_log_since(&self, since: std::time::SystemTime) -> String {
+        let current = PathBuf::from(self.var("MONIVAULT_AUDIT_LOG"));
+        let dir = current.parent().expect("the audit log's directory");
+        let stem = current
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("audit")
+            .to_owned();
+        let mut text = String::new();
+        for entry in std::fs::read_dir(dir).expect("read the audit log's directory") {
+            let path = entry.expect("dir entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let recent = path
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified >= since);
+            if name.starts_with(&stem) && name.ends_with(".log") && (recent || path == current) {
+                let bytes = std::fs::read(&path).expect("read the audit log");
+                text.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+        text
+    }
+
     /// A fresh namespace, labelled as a test's so it is easy to find and sweep.
     pub async fn temp_namespace(&self, prefix: &str) -> String {
         let mut bytes = [0u8; 4];
