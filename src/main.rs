@@ -131,6 +131,7 @@ impl WebhookArgs {
             namespace: namespace.to_owned(),
             watch_namespace: watch_namespace.map(str::to_owned),
             limits: webhook::Limits::default(),
+            metrics: None,
         }
     }
 }
@@ -241,15 +242,17 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         let mut registry = telemetry::metrics::registry();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let rotation_metrics = Arc::new(controller::rotation::RotationMetrics::new(&mut registry));
+        let admission_metrics = Arc::new(webhook::AdmissionMetrics::new(&mut registry));
         let readiness = Readiness::default();
         server::start(args.metrics_addr, Arc::new(registry), readiness.clone()).await?;
 
         let client = kube::Client::try_default().await.map_err(CliError::Kube)?;
         let store = Arc::new(SecretStore::new(client.clone(), &args.namespace));
         let keys = Arc::new(Keys::bootstrap(store).await?);
-        let settings = args
+        let mut settings = args
             .webhook
             .settings(&args.namespace, args.watch_namespace.as_deref());
+        settings.metrics = Some(admission_metrics);
         let webhooks = webhook::start(client.clone(), keys.clone(), settings).await?;
         readiness.set_ready();
         tracing::info!(namespace = %args.namespace, "monivault started");

@@ -28,7 +28,7 @@ use monivault::controller::keys::Keys;
 use monivault::store::SecretStore;
 use monivault::webhook::{self, STAMP_ANNOTATION, StampError};
 use serde_json::{Value, json};
-use support::{Cluster, Operator, cluster, eventually, ready_condition, stderr, stdout};
+use support::{Cluster, Operator, cluster, eventually, http_get, ready_condition, stderr, stdout};
 
 /// A value no earlier run wrote: the audit log and etcd outlive a test run.
 fn fresh(prefix: &str) -> String {
@@ -495,18 +495,17 @@ async fn kubectl_apply_of_a_plaintext_is_sealed_and_the_plaintext_is_nowhere() {
             .expect("kubectl wrote the annotation");
     assert!(last_applied.contains("*****"), "{last_applied}");
 
-    // Applying the same file again changes nothing: GitOps sees no drift.
-    let version = item.metadata.resource_version.clone();
+    // Applying the same file again changes nothing: GitOps sees no drift. (Compared once
+    // the controller has added its finalizer and status, which change the version.)
+    let ready = ready_condition(&items, "applied", "True").await;
     let out =
         w.c.kubectl_stdin(&["apply", "-n", &w.ns, "-f", "-"], &manifest);
     assert!(out.status.success(), "{}", stderr(&out));
     let again = items.get("applied").await.unwrap();
-    assert_eq!(
-        again.metadata.resource_version, version,
-        "a second apply wrote"
-    );
+    assert_eq!(again.metadata.generation, ready.metadata.generation);
+    assert_eq!(again.spec, ready.spec, "a second apply changed the spec");
+    assert_eq!(again.annotations(), ready.annotations());
 
-    ready_condition(&items, "applied", "True").await;
     let plaintexts = [
         password.as_str(),
         w.login_password.as_str(),
@@ -529,6 +528,24 @@ async fn kubectl_apply_of_a_plaintext_is_sealed_and_the_plaintext_is_nowhere() {
             "a plaintext's base64 is in the audit log"
         );
     }
+
+    // The operator counted what it sealed.
+    let (status, metrics) = http_get(w.op.ops_addr().await, "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(status, 200);
+    let sealed = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "monivault_admission_requests_total{webhook=\"mutate_vaultitems\",outcome=\"allowed\"} ",
+            )
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no admission counter in:\n{metrics}"));
+    assert!(sealed >= 3.0, "{sealed}");
+    assert!(metrics.contains("monivault_admission_duration_seconds_bucket{"));
+    assert!(!metrics.contains(&password), "metrics never carry values");
 }
 
 #[tokio::test]

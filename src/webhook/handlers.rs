@@ -2,11 +2,13 @@
 //! calls.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use kube::Client;
 use kube::core::admission::AdmissionResponse;
 
+use super::metrics::AdmissionMetrics;
 use super::{
     Admission, Authorizer, DeleteLookup, ItemSectionLookup, KubeLookup, MonitorLookup, Request,
     Route, SubjectAccessReviewAuthorizer, check_monitor_write, guard_delete, seal_vault_item,
@@ -21,6 +23,7 @@ pub struct Webhooks<S, A = SubjectAccessReviewAuthorizer, L = KubeLookup> {
     keys: Arc<Keys<S>>,
     authorizer: A,
     lookup: L,
+    metrics: Option<Arc<AdmissionMetrics>>,
 }
 
 impl<S: Store> Webhooks<S> {
@@ -39,7 +42,14 @@ impl<S, A, L> Webhooks<S, A, L> {
             keys,
             authorizer,
             lookup,
+            metrics: None,
         }
+    }
+
+    /// Counts every answer and its latency in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<AdmissionMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -58,6 +68,7 @@ where
 {
     fn admit(&self, route: Route, request: Request) -> BoxFuture<'_, AdmissionResponse> {
         Box::pin(async move {
+            let started = Instant::now();
             let keys = self.keys.as_ref();
             let (authorizer, lookup) = (&self.authorizer, &self.lookup);
             let response = match route {
@@ -68,6 +79,14 @@ where
                 Route::ValidateMonitors => check_monitor_write(keys, lookup, &request).await,
                 Route::ValidateDeletes => guard_delete(lookup, &request).await,
             };
+            if let Some(metrics) = &self.metrics {
+                metrics.observe(
+                    route,
+                    response.allowed,
+                    response.result.code,
+                    started.elapsed(),
+                );
+            }
             tracing::debug!(
                 uid = %request.uid,
                 route = route.path(),

@@ -25,6 +25,7 @@
 pub mod authorize;
 pub mod deletes;
 pub mod handlers;
+pub mod metrics;
 pub mod monitors;
 pub mod registration;
 pub mod seal_items;
@@ -46,6 +47,7 @@ pub use authorize::{
 };
 pub use deletes::{DeleteLookup, guard_delete};
 pub use handlers::Webhooks;
+pub use metrics::AdmissionMetrics;
 pub use monitors::{
     AuthorizedRefs, STAMP_ANNOTATION, StampError, check_monitor_write, stamp_monitor_write, verify,
     verify_run,

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::registration::{ClientTarget, Registration, RegistrationError};
 use super::server::{Limits, ServeError, Server};
 use super::tls::{self, CertResolver, SelfManaged, SelfManagedConfig, TlsError};
-use super::{Admission, Webhooks};
+use super::{Admission, AdmissionMetrics, Webhooks};
 use crate::controller::keys::Keys;
 use crate::store::Store;
 
@@ -51,6 +51,7 @@ pub struct WebhookSettings {
     /// When set, the local registration covers this namespace only.
     pub watch_namespace: Option<String>,
     pub limits: Limits,
+    pub metrics: Option<Arc<AdmissionMetrics>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +136,11 @@ pub async fn start<S: Store>(
         }
     };
 
-    let admission: Arc<dyn Admission> = Arc::new(Webhooks::new(client.clone(), keys));
+    let mut webhooks = Webhooks::new(client.clone(), keys);
+    if let Some(metrics) = settings.metrics.clone() {
+        webhooks = webhooks.with_metrics(metrics);
+    }
+    let admission: Arc<dyn Admission> = Arc::new(webhooks);
     let server = Server::bind(settings.addr, resolver, admission, settings.limits).await?;
     let addr = server.local_addr()?;
     let shutdown = stopped(stop_rx.clone());
