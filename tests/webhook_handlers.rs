@@ -1152,19 +1152,13 @@ fn typed<T: serde::de::DeserializeOwned>(object: &Value) -> T {
 #[tokio::test]
 async fn an_admitted_monitor_is_stamped_and_the_runner_can_verify_it() {
     let webhooks = webhooks().await;
-    let stored = create_monitor(
-        &webhooks,
-        "Monitor",
-        "alice",
-        monitor(shop_monitor_spec("https://shop.example.com/login")),
-    )
-    .await;
+    let stored = alices_shop_monitor(&webhooks).await;
     let stamp = stored["metadata"]["annotations"][STAMP_ANNOTATION]
         .as_str()
         .expect("stamped");
     assert!(stamp.contains("\"user\":\"alice\""), "{stamp}");
 
-    let keys = keys_of(&webhooks);
+    let keys = webhooks.keys();
     let refs = webhook::verify(keys, &typed::<Monitor>(&stored))
         .await
         .expect("the stamp verifies");
@@ -1175,22 +1169,22 @@ async fn an_admitted_monitor_is_stamped_and_the_runner_can_verify_it() {
     );
 }
 
-/// The keys behind `webhooks`, reached through the same store for the runner's check.
-fn keys_of(webhooks: &Webhooks<MemoryStore, Grants, Shop>) -> &Keys<MemoryStore> {
-    webhooks.keys()
+/// The shop monitor, created by alice through both webhooks.
+async fn alices_shop_monitor(webhooks: &Webhooks<MemoryStore, Grants, Shop>) -> Value {
+    create_monitor(
+        webhooks,
+        "Monitor",
+        "alice",
+        monitor(shop_monitor_spec("https://shop.example.com/login")),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn a_stamp_does_not_cover_a_changed_spec_another_name_or_no_stamp() {
     let webhooks = webhooks().await;
-    let stored = create_monitor(
-        &webhooks,
-        "Monitor",
-        "alice",
-        monitor(shop_monitor_spec("https://shop.example.com/login")),
-    )
-    .await;
-    let keys = keys_of(&webhooks);
+    let stored = alices_shop_monitor(&webhooks).await;
+    let keys = webhooks.keys();
 
     // Another mutating webhook, or a direct etcd write, changes the URL after the stamp.
     let mut steered = stored.clone();
@@ -1270,13 +1264,7 @@ async fn mallory_is_refused_before_anything_is_stamped() {
 #[tokio::test]
 async fn a_metadata_only_update_keeps_the_stored_stamp() {
     let webhooks = webhooks().await;
-    let stored = create_monitor(
-        &webhooks,
-        "Monitor",
-        "alice",
-        monitor(shop_monitor_spec("https://shop.example.com/login")),
-    )
-    .await;
+    let stored = alices_shop_monitor(&webhooks).await;
     // mallory adds a label and tries to swap the stamp for one of her own making.
     let mut relabelled = stored.clone();
     relabelled["metadata"]["labels"] = json!({"team": "web"});
@@ -1294,7 +1282,7 @@ async fn a_metadata_only_update_keeps_the_stored_stamp() {
         stored["metadata"]["annotations"][STAMP_ANNOTATION]
     );
     assert_eq!(result["metadata"]["labels"]["team"], "web");
-    webhook::verify(keys_of(&webhooks), &typed::<Monitor>(&result))
+    webhook::verify(webhooks.keys(), &typed::<Monitor>(&result))
         .await
         .expect("still verifies");
 }
@@ -1319,7 +1307,7 @@ async fn a_run_named_by_generate_name_is_stamped_and_verifies_under_its_final_na
     )
     .await;
     assert!(validated.response.allowed, "{}", validated.message());
-    let refs = webhook::verify_run(keys_of(&webhooks), &typed::<MonitorRun>(&stored))
+    let refs = webhook::verify_run(webhooks.keys(), &typed::<MonitorRun>(&stored))
         .await
         .expect("verifies");
     assert_eq!(refs.user, "bob");
@@ -1327,7 +1315,7 @@ async fn a_run_named_by_generate_name_is_stamped_and_verifies_under_its_final_na
 
     // The same stamp on a name outside the prefix does not verify.
     stored["metadata"]["name"] = json!("other-x7k2p");
-    let error = webhook::verify_run(keys_of(&webhooks), &typed::<MonitorRun>(&stored))
+    let error = webhook::verify_run(webhooks.keys(), &typed::<MonitorRun>(&stored))
         .await
         .unwrap_err();
     assert!(matches!(error, StampError::Mismatch { .. }), "{error}");
@@ -1336,14 +1324,8 @@ async fn a_run_named_by_generate_name_is_stamped_and_verifies_under_its_final_na
 #[tokio::test]
 async fn stamps_survive_a_root_key_rotation() {
     let webhooks = webhooks().await;
-    let stored = create_monitor(
-        &webhooks,
-        "Monitor",
-        "alice",
-        monitor(shop_monitor_spec("https://shop.example.com/login")),
-    )
-    .await;
-    let keys = keys_of(&webhooks);
+    let stored = alices_shop_monitor(&webhooks).await;
+    let keys = webhooks.keys();
     let store = keys.store();
     let roots = store.root_keys().await.unwrap().unwrap();
     let mut next = roots.value;
@@ -1453,4 +1435,43 @@ async fn a_terminating_namespace_is_never_held_up() {
         .await;
         assert!(outcome.response.allowed, "{kind}: {}", outcome.message());
     }
+}
+
+#[tokio::test]
+async fn a_section_is_asked_about_once_for_all_its_items() {
+    /// Section grants for bob, counting every review by resource.
+    struct Counting(std::sync::Mutex<Vec<String>>);
+    impl Authorizer for Counting {
+        async fn allowed(
+            &self,
+            _: &UserInfo,
+            check: &AccessCheck<'_>,
+        ) -> Result<bool, AuthorizeError> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{}/{}", check.resource, check.name));
+            Ok(check.resource.as_str() == "vaultsections" && check.name == "checkout")
+        }
+    }
+    let counting = Counting(std::sync::Mutex::new(Vec::new()));
+    let create = request(
+        "Monitor",
+        "monitors",
+        "CREATE",
+        "bob",
+        &monitor(shop_monitor_spec("https://shop.example.com/")),
+    );
+    let outcome = authorize_with(&counting, create).await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+    let mut asked = counting.0.into_inner().unwrap();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [
+            "vaultitems/shop-api-token",
+            "vaultitems/shop-login",
+            "vaultsections/checkout"
+        ]
+    );
 }

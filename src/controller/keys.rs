@@ -129,15 +129,8 @@ impl<S: Store> Keys<S> {
         {
             return Ok(root);
         }
-        let fresh = self
-            .store
-            .root_keys()
-            .await?
-            .ok_or(KeyError::RootKeyMissing)?
-            .value;
-        let root = fresh.key(version)?;
+        let root = self.reload_root(version).await?;
         keyring.check_root(&root)?;
-        *self.roots.write().await = fresh;
         Ok(root)
     }
 
@@ -153,6 +146,11 @@ impl<S: Store> Keys<S> {
         if let Ok(root) = self.roots.read().await.key(version) {
             return Ok(root);
         }
+        self.reload_root(version).await
+    }
+
+    /// Reads the root key Secret again and returns key `version` from it.
+    async fn reload_root(&self, version: u32) -> Result<RootKey, KeyError> {
         let fresh = self
             .store
             .root_keys()

@@ -359,8 +359,9 @@ pub(crate) async fn references<M: MonitorLookup>(
 }
 
 /// The items of `items` that `user` may not use, sorted. An item is allowed by `use` on
-/// `vaultitems/<item>`, or else by `use` on `vaultsections/<its section>`. Every item is
-/// checked at once; the first failed review fails the whole decision.
+/// `vaultitems/<item>`, or else by `use` on `vaultsections/<its section>`. Items are
+/// checked at once, and each section is asked about once however many of the items it
+/// holds; the first failed review fails the whole decision.
 pub async fn unauthorized_items<A, I>(
     authorizer: &A,
     sections: &I,
@@ -372,35 +373,53 @@ where
     A: Authorizer,
     I: ItemSectionLookup,
 {
-    let checks = items.iter().map(|item| async move {
-        let by_name = AccessCheck {
+    // By name first; the section of an item not allowed by name.
+    let by_name = items.iter().map(|item| async move {
+        let check = AccessCheck {
             verb: USE_VERB,
             namespace,
             resource: VaultResource::VaultItems,
             name: item,
         };
-        if authorizer.allowed(user, &by_name).await? {
+        if authorizer.allowed(user, &check).await? {
             return Ok(None);
         }
-        let Some(section) = sections.section_of(namespace, item).await? else {
-            return Ok(Some(item.clone()));
-        };
-        let by_section = AccessCheck {
+        let section = sections.section_of(namespace, item).await?;
+        Ok::<_, AuthorizeError>(Some((item.clone(), section)))
+    });
+    let mut pending: Vec<(String, Option<String>)> = Vec::new();
+    for outcome in join_all(by_name).await {
+        pending.extend(outcome?);
+    }
+
+    let wanted: BTreeSet<&str> = pending.iter().filter_map(|(_, s)| s.as_deref()).collect();
+    let by_section = wanted.into_iter().map(|section| async move {
+        let check = AccessCheck {
             verb: USE_VERB,
             namespace,
             resource: VaultResource::VaultSections,
-            name: &section,
+            name: section,
         };
-        let allowed = authorizer.allowed(user, &by_section).await?;
-        Ok::<_, AuthorizeError>((!allowed).then(|| item.clone()))
+        let allowed = authorizer.allowed(user, &check).await?;
+        Ok::<_, AuthorizeError>((section, allowed))
     });
-    let mut denied = Vec::new();
-    for outcome in join_all(checks).await {
-        if let Some(item) = outcome? {
-            denied.push(item);
+    let mut allowed_sections = BTreeSet::new();
+    for outcome in join_all(by_section).await {
+        let (section, allowed) = outcome?;
+        if allowed {
+            allowed_sections.insert(section.to_owned());
         }
     }
-    // `items` is a sorted set and join_all keeps its order; sort anyway, it is the contract.
+
+    let mut denied: Vec<String> = pending
+        .into_iter()
+        .filter(|(_, section)| {
+            !section
+                .as_ref()
+                .is_some_and(|s| allowed_sections.contains(s))
+        })
+        .map(|(item, _)| item)
+        .collect();
     denied.sort();
     Ok(denied)
 }
