@@ -554,14 +554,11 @@ async fn with_the_webhook_down_a_plaintext_is_refused_and_nothing_is_stored() {
     let mut w = World::new("wh-down").await;
     w.op.kill();
     let items: Api<VaultItem> = w.api();
-    let (_, message) = refused(
-        items
-            .create(
-                &PostParams::default(),
-                &plaintext_login("while-down", &password),
-            )
-            .await,
-    );
+    let manifest = serde_json::to_string(&plaintext_login("while-down", &password)).unwrap();
+    let out =
+        w.c.kubectl_stdin(&["apply", "-n", &w.ns, "-f", "-"], &manifest);
+    assert!(!out.status.success(), "applied with the webhook down");
+    let message = stderr(&out);
     assert!(
         message.contains("failed calling webhook"),
         "refused by the unreachable webhook: {message}"

@@ -314,6 +314,9 @@ pub struct Operator {
     pub child: Child,
     stderr: Arc<Mutex<String>>,
     drain: Option<thread::JoinHandle<()>>,
+    /// The webhook configurations it registered, removed on drop: a killed operator
+    /// cannot remove them itself.
+    registered: Option<(PathBuf, PathBuf, String)>,
 }
 
 impl Operator {
@@ -324,7 +327,7 @@ impl Operator {
     /// With its admission webhooks registered for `watch_ns`, by `url:` to its loopback
     /// port. The configurations are named after `store_ns`, so tests do not share them.
     pub fn start_with_webhooks(c: &Cluster, store_ns: &str, watch_ns: &str) -> Operator {
-        Operator::start_with(
+        let mut op = Operator::start_with(
             c,
             store_ns,
             watch_ns,
@@ -333,7 +336,13 @@ impl Operator {
                 "--webhook-configuration",
                 store_ns,
             ],
-        )
+        );
+        op.registered = Some((
+            PathBuf::from(c.var("MONIVAULT_KUBECTL")),
+            PathBuf::from(c.var("KUBECONFIG")),
+            store_ns.to_owned(),
+        ));
+        op
     }
 
     /// With more `monivault run` arguments, e.g. `--instance`.
@@ -374,6 +383,7 @@ impl Operator {
             child,
             stderr,
             drain: Some(drain),
+            registered: None,
         }
     }
 
@@ -434,6 +444,17 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
+        if let Some((kubectl, kubeconfig, name)) = self.registered.take() {
+            let _ = Command::new(kubectl)
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .args(["delete", "--ignore-not-found", "--wait=false"])
+                .arg(format!("mutatingwebhookconfiguration/{name}"))
+                .arg(format!("validatingwebhookconfiguration/{name}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
