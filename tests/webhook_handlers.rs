@@ -1475,3 +1475,117 @@ async fn a_section_is_asked_about_once_for_all_its_items() {
         ]
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Hostile input, generated: any part of a request replaced by any JSON, on every route
+
+fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        (-1e12f64..1e12).prop_map(Value::from),
+        "[a-zA-Z0-9{}@. \"\\\\*-]{0,16}".prop_map(Value::from),
+        Just(json!("{{@VaultItem.shop-login.Password}}")),
+        Just(json!("*****")),
+        Just(json!("mv1.s.1.AAAA")),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            proptest::collection::btree_map("[a-zA-Z]{1,10}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Requests of every kind the webhooks take, before the damage.
+fn intact_requests() -> Vec<(Route, Value)> {
+    let shop = monitor(shop_monitor_spec("https://shop.example.com/login"));
+    vec![
+        (
+            Route::MutateVaultItems,
+            item_request("CREATE", &credential_set(Some(PASSWORD), None)),
+        ),
+        (
+            Route::MutateMonitors,
+            monitor_update(
+                "alice",
+                shop.clone(),
+                monitor(shop_monitor_spec("https://shop.example.com/x")),
+            ),
+        ),
+        (
+            Route::ValidateMonitors,
+            request("Monitor", "monitors", "CREATE", "alice", &shop),
+        ),
+        (
+            Route::MutateMonitors,
+            request(
+                "MonitorRun",
+                "monitorruns",
+                "CREATE",
+                "bob",
+                &monitor_run(json!({"monitorRef": {"name": "shop"}})),
+            ),
+        ),
+        (
+            Route::ValidateDeletes,
+            delete_request("VaultSection", "vaultsections", "checkout"),
+        ),
+    ]
+}
+
+/// Where the damage goes.
+const TARGETS: [&str; 12] = [
+    "/kind",
+    "/operation",
+    "/userInfo",
+    "/object",
+    "/object/spec",
+    "/object/metadata",
+    "/object/metadata/annotations",
+    "/object/spec/url",
+    "/object/spec/headers",
+    "/object/spec/credentialSet",
+    "/object/spec/sealed",
+    "/oldObject",
+];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 96,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// No input makes a webhook panic or answer without a response, and the plaintext in
+    /// the item's password never comes back, whatever surrounds it.
+    #[test]
+    fn any_damaged_request_gets_an_answer_and_never_the_plaintext(
+        which in 0..5usize,
+        target in 0..TARGETS.len(),
+        junk in arbitrary_json(),
+        route_override in proptest::option::of(0..4usize),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let webhooks = webhooks().await;
+            let (route, mut request) = intact_requests().swap_remove(which);
+            let route = route_override.map_or(route, |i| Route::ALL[i]);
+            let pointer = TARGETS[target];
+            let (parent, key) = pointer.rsplit_once('/').expect("a member pointer");
+            if let Some(Value::Object(parent)) = request.pointer_mut(parent) {
+                parent.insert(key.to_owned(), junk);
+            }
+            let outcome = admit(&webhooks, route, request).await;
+            outcome.assert_no_plaintext(PASSWORD);
+            if !outcome.response.allowed {
+                assert!(!outcome.message().is_empty(), "a refusal says why");
+            }
+        });
+    }
+}
