@@ -42,6 +42,33 @@ enum Command {
     /// Rotate a key now: root-key, or an environment's data-key or sealing-key. Safe
     /// beside a running operator; re-run with the same --requested-at after a crash.
     Rotate(controller::rotation::RotateArgs),
+    /// Print monivault's MutatingWebhookConfiguration and ValidatingWebhookConfiguration
+    /// for a cluster install, calling the operator through a Service. With the
+    /// self-managed certificate, `monivault run` fills in their caBundle itself.
+    Webhooks(WebhooksArgs),
+}
+
+#[derive(clap::Args)]
+struct WebhooksArgs {
+    /// The configurations' name; `monivault run --webhook-configuration` must match.
+    #[arg(long, default_value = "monivault")]
+    name: String,
+    /// The namespace of the Service in front of the operator.
+    #[arg(long, default_value = "monivault-system")]
+    service_namespace: String,
+    /// The Service in front of the operator's webhook port.
+    #[arg(long, default_value = "monivault-webhook")]
+    service_name: String,
+    /// The Service's port.
+    #[arg(long, default_value_t = 443)]
+    service_port: i32,
+    /// A PEM file of the CA that signs the serving certificate (e.g. cert-manager's);
+    /// leave out with the self-managed certificate.
+    #[arg(long)]
+    ca_bundle_file: Option<PathBuf>,
+    /// Limit the webhooks to these namespaces (repeat, or comma-separate).
+    #[arg(long = "only-namespace", value_delimiter = ',')]
+    only_namespaces: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -197,6 +224,8 @@ enum CliError {
     Leader(#[from] leader::LeaderError),
     #[error("{0}")]
     Webhook(#[from] webhook::WebhookStartError),
+    #[error("{0}")]
+    Registration(#[from] webhook::registration::RegistrationError),
 }
 
 /// Unique per process, so replicas started without `POD_NAME` never share a Lease identity.
@@ -225,6 +254,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Seal(args) => seal(&args),
         Command::Rotate(args) => rotate(&args),
+        Command::Webhooks(args) => print_webhooks(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -341,6 +371,33 @@ fn rotate(args: &controller::rotation::RotateArgs) -> Result<(), CliError> {
         }
         Ok(())
     })
+}
+
+fn print_webhooks(args: &WebhooksArgs) -> Result<(), CliError> {
+    use webhook::registration::{ClientTarget, Registration};
+    let mut registration = Registration::new(
+        args.name.clone(),
+        ClientTarget::Service {
+            namespace: args.service_namespace.clone(),
+            name: args.service_name.clone(),
+            port: args.service_port,
+        },
+    );
+    if let Some(path) = &args.ca_bundle_file {
+        let pem = std::fs::read(path).map_err(|source| CliError::Read {
+            what: "the CA bundle",
+            path: path.display().to_string(),
+            source,
+        })?;
+        registration.ca_bundle = Some(pem);
+    }
+    if !args.only_namespaces.is_empty() {
+        registration.namespaces = Some(args.only_namespaces.clone());
+    }
+    let yaml = registration.to_yaml()?;
+    std::io::stdout()
+        .write_all(yaml.as_bytes())
+        .map_err(CliError::Write)
 }
 
 fn print_crds() -> Result<(), CliError> {

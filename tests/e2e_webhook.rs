@@ -726,3 +726,30 @@ async fn hostile_placeholders_and_malformed_reviews_get_clean_errors() {
         .await
         .expect("still sealing");
 }
+
+// ---------------------------------------------------------------------------------------
+// The in-cluster registration
+
+#[tokio::test]
+async fn the_printed_registration_is_accepted_by_the_api_server() {
+    let c = cluster();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_monivault"))
+        .args(["webhooks", "--name", &fresh("e2e-printed")])
+        .args(["--service-namespace", "monivault-system"])
+        .args(["--only-namespace", "team-a,team-b"])
+        .output()
+        .expect("run monivault webhooks");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let yaml = stdout(&out);
+    assert_eq!(yaml.matches("kind: ").count(), 2, "{yaml}");
+    assert!(yaml.contains("failurePolicy: Fail"), "{yaml}");
+    assert!(yaml.contains("sideEffects: NoneOnDryRun"), "{yaml}");
+    let out = c.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &yaml);
+    assert!(out.status.success(), "{}\n{yaml}", stderr(&out));
+    assert_eq!(
+        stdout(&out).matches("(server dry run)").count(),
+        2,
+        "{}",
+        stdout(&out)
+    );
+}
