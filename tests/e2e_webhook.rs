@@ -753,3 +753,44 @@ async fn the_printed_registration_is_accepted_by_the_api_server() {
         stdout(&out)
     );
 }
+
+#[tokio::test]
+async fn a_gitops_server_side_apply_keeps_a_valid_stamp_and_shows_no_drift() {
+    let w = World::new("wh-ssa").await;
+    let keys = w.keys().await;
+    // The deployer ServiceAccount (use on the section) applies the monitor from Git with
+    // server-side apply, as Argo CD and Flux do. The manifest has no stamp annotation, so
+    // the apply owns one it does not send.
+    let deployer: Api<Monitor> = Api::namespaced(w.as_service_account("deployer").await, &w.ns);
+    let mut desired = shop_monitor("gitops");
+    desired.spec.url = "https://shop.example.com/from-git".into();
+    let params = PatchParams::apply("argocd-controller").force();
+    let first = deployer
+        .patch("gitops", &params, &Patch::Apply(&desired))
+        .await
+        .expect("first apply");
+    webhook::verify(&keys, &first).await.expect("stamped");
+
+    // The same manifest again: nothing changes, and the stamp stays.
+    let second = deployer
+        .patch("gitops", &params, &Patch::Apply(&desired))
+        .await
+        .expect("second apply");
+    assert_eq!(second.metadata.generation, first.metadata.generation);
+    assert_eq!(
+        second.annotations().get(STAMP_ANNOTATION),
+        first.annotations().get(STAMP_ANNOTATION)
+    );
+    webhook::verify(&keys, &second)
+        .await
+        .expect("still stamped");
+
+    // A change in Git is stamped again, for the deployer.
+    desired.spec.url = "https://shop.example.com/from-git?v=2".into();
+    let third = deployer
+        .patch("gitops", &params, &Patch::Apply(&desired))
+        .await
+        .expect("changed apply");
+    let refs = webhook::verify(&keys, &third).await.expect("re-stamped");
+    assert!(refs.user.ends_with(":deployer"), "{}", refs.user);
+}
