@@ -119,6 +119,15 @@ pub trait MonitorLookup: Send + Sync {
     ) -> impl Future<Output = Result<Option<MonitorSpec>, AuthorizeError>> + Send;
 }
 
+/// No saved monitors, for [`references`] without lookups (it cannot be constructed).
+pub(crate) enum NoMonitors {}
+
+impl MonitorLookup for NoMonitors {
+    async fn monitor_spec(&self, _: &str, _: &str) -> Result<Option<MonitorSpec>, AuthorizeError> {
+        match *self {}
+    }
+}
+
 /// Why a Monitor or MonitorRun write was refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Refusal {
@@ -261,11 +270,11 @@ where
     }
     let namespace = namespace_of(request, kind)?;
 
-    let new = references(kind, object, monitors, namespace, "").await?;
+    let new = references(kind, object, Some(monitors), namespace, "").await?;
     let mut items = new.items.clone();
     if let Some(old) = old {
         items.extend(
-            references(kind, old, monitors, namespace, "the stored object's ")
+            references(kind, old, Some(monitors), namespace, "the stored object's ")
                 .await?
                 .items,
         );
@@ -310,11 +319,13 @@ pub(crate) struct References {
     pub self_contained: bool,
 }
 
-/// The items `object` carries. `whose` prefixes messages about the old object.
+/// The items `object` carries. `whose` prefixes messages about the old object. Without
+/// `monitors`, a run's saved monitor is not looked up (its items are then left out, and
+/// `self_contained` says so).
 pub(crate) async fn references<M: MonitorLookup>(
     kind: Kind,
     object: &DynamicObject,
-    monitors: &M,
+    monitors: Option<&M>,
     namespace: &str,
     whose: &str,
 ) -> Result<References, Refusal> {
@@ -340,7 +351,7 @@ pub(crate) async fn references<M: MonitorLookup>(
                 items
                     .extend(referenced_items(inline).map_err(|e| placeholder("spec.monitor.", e))?);
             }
-            if let Some(reference) = &spec.monitor_ref {
+            if let (Some(reference), Some(monitors)) = (&spec.monitor_ref, monitors) {
                 let name = reference.name.as_str();
                 let saved = monitors
                     .monitor_spec(namespace, name)

@@ -76,7 +76,7 @@ where
                 Route::MutateMonitors => {
                     stamp_monitor_write(keys, authorizer, lookup, lookup, &request).await
                 }
-                Route::ValidateMonitors => check_monitor_write(keys, lookup, &request).await,
+                Route::ValidateMonitors => check_monitor_write(keys, &request).await,
                 Route::ValidateDeletes => guard_delete(lookup, &request).await,
             };
             if let Some(metrics) = &self.metrics {

@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::authorize::{
-    Authorizer, Decision, ItemSectionLookup, Kind, MonitorLookup, Refusal, decide, namespace_of,
-    references,
+    Authorizer, Decision, ItemSectionLookup, Kind, MonitorLookup, NoMonitors, Refusal, decide,
+    namespace_of, references,
 };
 use super::{Request, refuse};
 use crate::api::{Monitor, MonitorRun};
@@ -212,15 +212,7 @@ where
 
 /// The validating webhook for `Monitor` and `MonitorRun`: the stamp our mutating webhook
 /// made still matches the object as it will be stored, for this request's user.
-pub async fn check_monitor_write<S, M>(
-    keys: &Keys<S>,
-    monitors: &M,
-    request: &Request,
-) -> AdmissionResponse
-where
-    S: Store,
-    M: MonitorLookup,
-{
+pub async fn check_monitor_write<S: Store>(keys: &Keys<S>, request: &Request) -> AdmissionResponse {
     let kind = match Kind::of(request) {
         Ok(kind) => kind,
         Err(refusal) => return refusal.into_response(request),
@@ -242,7 +234,8 @@ where
         Ok(namespace) => namespace,
         Err(refusal) => return refusal.into_response(request),
     };
-    let carried = match references(kind, object, monitors, namespace, "").await {
+    // The stamp already covers a run's saved monitor: no need to look it up again.
+    let carried = match references::<NoMonitors>(kind, object, None, namespace, "").await {
         Ok(carried) => carried,
         Err(refusal) => return refusal.into_response(request),
     };
