@@ -8,10 +8,15 @@
 # The binaries are always the repository's build; the state directory (data,
 # certificates, logs, pids) can be moved to run a second, separate cluster
 # (then also move its ports, see README.md).
-bin=$root/target/cluster/bin
+# Physical paths (pwd -P): the servers are recognized by their executable and
+# state paths, which the kernel reports resolved. Through a symlinked
+# target/cluster (a second worktree sharing one cluster) logical paths would
+# not match, and up would take the running cluster for a dead one.
+mkdir -p "$root/target/cluster"
+bin=$(cd "$root/target/cluster" && pwd -P)/bin
 state=${MONIVAULT_CLUSTER_DIR:-$root/target/cluster}
 mkdir -p "$state"
-state=$(cd "$state" && pwd)
+state=$(cd "$state" && pwd -P)
 pki=$state/pki
 logs=$state/logs
 run=$state/run
