@@ -15,6 +15,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -29,7 +30,7 @@ use monivault::api::vault_item::VaultItem;
 use monivault::api::vault_section::VaultSection;
 use monivault::webhook::STAMP_ANNOTATION;
 use serde_json::json;
-use support::{Operator, cluster, eventually};
+use support::{Operator, cluster, eventually, http_get};
 
 fn count(var: &str, default: usize) -> usize {
     std::env::var(var)
@@ -78,6 +79,31 @@ async fn round(
     let mut all: Vec<Duration> = join_all(tasks).await.into_iter().flatten().collect();
     all.sort();
     all
+}
+
+/// Per webhook, the operator's own decision time: (sum of seconds, count), from /metrics.
+async fn decision_seconds(op: &Operator) -> BTreeMap<String, (f64, f64)> {
+    let (_, text) = http_get(op.ops_addr().await, "/metrics")
+        .await
+        .expect("metrics");
+    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("monivault_admission_duration_seconds_") else {
+            continue;
+        };
+        let (what, rest) = rest.split_once("{webhook=\"").unwrap_or(("", ""));
+        let Some((webhook, value)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let value: f64 = value.trim().parse().unwrap_or(0.0);
+        let entry = out.entry(webhook.to_owned()).or_default();
+        match what {
+            "sum" => entry.0 = value,
+            "count" => entry.1 = value,
+            _ => {}
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,7 +160,7 @@ async fn admission_latency_with_and_without_the_webhooks() {
         .await
         .unwrap();
 
-    let _op = Operator::start_with_webhooks(c, &store_ns, &ns);
+    let op = Operator::start_with_webhooks(c, &store_ns, &ns);
     let section: VaultSection = serde_json::from_value(json!({
         "apiVersion": "monivault.io/v1alpha1", "kind": "VaultSection",
         "metadata": {"name": "checkout"}, "spec": {},
@@ -197,7 +223,9 @@ async fn admission_latency_with_and_without_the_webhooks() {
     round(&user, &ns, clients, 2, "warm").await;
     let stamp_of = |m: &Monitor| m.annotations().get(STAMP_ANNOTATION).cloned();
     let before = admin_monitors.get("m000").await.unwrap();
+    let decisions_before = decision_seconds(&op).await;
     let with = round(&user, &ns, clients, updates, "with").await;
+    let decisions = decision_seconds(&op).await;
     let after = admin_monitors.get("m000").await.unwrap();
     assert_ne!(stamp_of(&before), stamp_of(&after), "the webhooks stamped");
 
@@ -247,6 +275,16 @@ async fn admission_latency_with_and_without_the_webhooks() {
         ms(p50n),
         ms(p99n)
     );
+    for (webhook, (sum, count)) in &decisions {
+        let (sum0, count0) = decisions_before.get(webhook).copied().unwrap_or_default();
+        if count - count0 > 0.0 {
+            println!(
+                "  inside monivault, {webhook}: mean {:.2} ms over {} requests",
+                (sum - sum0) / (count - count0) * 1000.0,
+                count - count0
+            );
+        }
+    }
     println!(
         "  ratio (registered / unregistered): p50 {:.2}x   p99 {:.2}x; added p50 {:.2} ms",
         ms(p50w) / ms(p50n),
