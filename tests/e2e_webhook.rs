@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
@@ -28,7 +28,9 @@ use monivault::controller::keys::Keys;
 use monivault::store::SecretStore;
 use monivault::webhook::{self, STAMP_ANNOTATION, StampError};
 use serde_json::{Value, json};
-use support::{Cluster, Operator, cluster, eventually, http_get, ready_condition, stderr, stdout};
+use support::{
+    Cluster, Operator, cluster, eventually, http_get, https_post, ready_condition, stderr, stdout,
+};
 
 /// A value no earlier run wrote: the audit log and etcd outlive a test run.
 fn fresh(prefix: &str) -> String {
@@ -663,41 +665,39 @@ async fn hostile_placeholders_and_malformed_reviews_get_clean_errors() {
         assert!(message.contains(expected), "{url}: {message}");
     }
 
-    // Straight to the webhook, as a hostile client on the network would.
+    // Straight to the webhook, as a hostile client on the network would, over TLS that
+    // verifies against the operator's own CA.
     let url = w.webhook_url().await;
-    // HTTP/1.1: over HTTP/2 a refusal sent before the body is read ends in a stream
-    // reset, which curl reports instead of the answer.
-    let post = |path: &str, body: Vec<u8>| {
-        let mut child = std::process::Command::new("curl")
-            .args([
-                "-sS",
-                "-k",
-                "--http1.1",
-                "-X",
-                "POST",
-                "-H",
-                "Content-Type: application/json",
-            ])
-            .args(["--data-binary", "@-", "-w", "\n%{http_code}"])
-            .arg(format!("{url}{path}"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("curl");
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().unwrap();
-        let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(&body);
-        });
-        let out = child.wait_with_output().expect("curl output");
-        let _ = writer.join();
-        format!("{}{}", stdout(&out), stderr(&out))
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("https://")
+        .parse()
+        .expect("an address");
+    let tls: Api<Secret> = Api::namespaced(w.admin.clone(), &w.store_ns);
+    let ca = tls
+        .get("monivault-webhook-tls")
+        .await
+        .expect("the self-managed certificate")
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .expect("ca.crt")
+        .0;
+    let post = |path: &'static str, body: Vec<u8>, declared: Option<usize>| {
+        let ca = ca.clone();
+        async move {
+            let (status, text) = https_post(addr, &ca, path, &body, declared).await;
+            assert_eq!(
+                status, 200,
+                "{path}: the server answers with a review: {text}"
+            );
+            text
+        }
     };
     let malformed = post(
         "/mutate/vaultitems",
         b"{\"kind\": \"AdmissionReview\", ".to_vec(),
-    );
+        None,
+    )
+    .await;
     assert!(malformed.contains("\"allowed\":false"), "{malformed}");
     assert!(malformed.contains("\"code\":400"), "{malformed}");
     let wrong = post(
@@ -706,9 +706,12 @@ async fn hostile_placeholders_and_malformed_reviews_get_clean_errors() {
                "request": {"uid": "u1", "operation": 7}})
         .to_string()
         .into_bytes(),
-    );
+        None,
+    )
+    .await;
     assert!(wrong.contains("\"allowed\":false"), "{wrong}");
-    let oversized = post("/mutate/vaultitems", vec![b' '; 4 * 1024 * 1024]);
+    // Refused by its Content-Length, before a byte of the body is read.
+    let oversized = post("/mutate/vaultitems", Vec::new(), Some(4 * 1024 * 1024)).await;
     assert!(oversized.contains("\"code\":413"), "{oversized}");
     assert!(
         w.op.is_running(),

@@ -524,3 +524,57 @@ pub async fn ready_condition(items: &Api<VaultItem>, name: &str, want: &str) -> 
     })
     .await
 }
+
+/// One HTTP/1.1 POST over TLS to `addr`, verifying the server as `localhost` against
+/// `ca_pem`, as a client on the network would send it. `declared` overrides the
+/// Content-Length (a client announcing more than it sends). Returns the status and body
+/// (the connection is closed after the answer, so the body ends where the stream does).
+pub async fn https_post(
+    addr: SocketAddr,
+    ca_pem: &[u8],
+    path: &str,
+    body: &[u8],
+    declared: Option<usize>,
+) -> (u16, String) {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.expect("a CA certificate")).expect("a root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("server name");
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("a TLS handshake that verifies against the operator's CA");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        declared.unwrap_or(body.len())
+    );
+    tls.write_all(head.as_bytes()).await.expect("write head");
+    // The server may answer (413) and close before the whole body is sent.
+    let _ = tls.write_all(body).await;
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
