@@ -19,7 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
@@ -57,6 +57,8 @@ pub enum Error {
     Crypto(#[from] CryptoError),
     #[error("the monitor cache stopped")]
     CacheClosed,
+    #[error("the monitor cache has not finished its first list after {0:?}; retrying")]
+    CacheNotReady(std::time::Duration),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -71,7 +73,7 @@ impl Error {
             Error::Store(e) => e.category(),
             Error::Crypto(_) => "crypto",
             Error::Finalizer(_) => "finalizer",
-            Error::CacheClosed => "cache",
+            Error::CacheClosed | Error::CacheNotReady(_) => "cache",
         }
     }
 }
@@ -196,13 +198,14 @@ pub async fn run<S: Store>(
     let watch_namespace = watch_namespace.as_deref();
     let (monitors, writer) = reflector::store::<Monitor>();
     let monitor_api = scoped::<Monitor>(&client, watch_namespace);
-    let monitor_cache = reflector::reflector(
-        writer,
-        watcher(monitor_api.clone(), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| futures::future::ready(()));
+    // Errors are retried with backoff, but said: until the first list succeeds, no item
+    // can be reconciled (usedBy needs it).
+    let monitor_watch = watcher(monitor_api.clone(), watcher::Config::default())
+        .inspect_err(|e| tracing::warn!(error = %e, "watching Monitors failed; retrying"));
+    let monitor_cache = reflector::reflector(writer, monitor_watch)
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(()));
 
     let recorder = Recorder::new(
         client.clone(),

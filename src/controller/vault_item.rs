@@ -50,6 +50,10 @@ pub async fn reconcile<S: Store>(
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
+/// How long a reconcile waits for the monitor cache's first list before it errs (and is
+/// retried with backoff).
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Why an item is not Ready. The messages name fields and reasons, never values.
 struct NotReady {
     reason: &'static str,
@@ -75,11 +79,12 @@ async fn apply<S: Store>(
         name: name.clone(),
     };
     let digest = source_digest(&uid, &item.spec);
-    // usedBy is computed from the monitor cache, so wait for its first full list.
-    ctx.monitors
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheClosed)?;
+    // usedBy is computed from the monitor cache, so wait for its first full list, but not
+    // forever: a reconcile that never returns would also hold up shutdown.
+    match tokio::time::timeout(CACHE_WAIT, ctx.monitors.wait_until_ready()).await {
+        Ok(ready) => ready.map_err(|_| Error::CacheClosed)?,
+        Err(_) => return Err(Error::CacheNotReady(CACHE_WAIT)),
+    }
     let existing = ctx.keys.store().record(&key).await?;
     let previous = item.status.clone().unwrap_or_default();
 
