@@ -119,15 +119,6 @@ pub trait MonitorLookup: Send + Sync {
     ) -> impl Future<Output = Result<Option<MonitorSpec>, AuthorizeError>> + Send;
 }
 
-/// No saved monitors, for [`references`] without lookups (it cannot be constructed).
-pub(crate) enum NoMonitors {}
-
-impl MonitorLookup for NoMonitors {
-    async fn monitor_spec(&self, _: &str, _: &str) -> Result<Option<MonitorSpec>, AuthorizeError> {
-        match *self {}
-    }
-}
-
 /// Why a Monitor or MonitorRun write was refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Refusal {
@@ -270,11 +261,11 @@ where
     }
     let namespace = namespace_of(request, kind)?;
 
-    let new = references(kind, object, Some(monitors), namespace, "").await?;
+    let new = references(kind, object, monitors, namespace, "").await?;
     let mut items = new.items.clone();
     if let Some(old) = old {
         items.extend(
-            references(kind, old, Some(monitors), namespace, "the stored object's ")
+            references(kind, old, monitors, namespace, "the stored object's ")
                 .await?
                 .items,
         );
@@ -315,18 +306,15 @@ pub(crate) fn namespace_of(request: &Request, kind: Kind) -> Result<&str, Refusa
 pub(crate) struct References {
     pub items: BTreeSet<String>,
     pub spec_digest: [u8; 32],
-    /// Whether `items` came from the object alone (not from a saved monitor it names).
-    pub self_contained: bool,
+    /// The saved Monitor a run names, whose items are not in `items` yet.
+    pub monitor_ref: Option<String>,
 }
 
-/// The items `object` carries. `whose` prefixes messages about the old object. Without
-/// `monitors`, a run's saved monitor is not looked up (its items are then left out, and
-/// `self_contained` says so).
-pub(crate) async fn references<M: MonitorLookup>(
+/// The items `object` names itself, without looking anything up. `whose` prefixes
+/// messages about the old object.
+pub(crate) fn own_references(
     kind: Kind,
     object: &DynamicObject,
-    monitors: Option<&M>,
-    namespace: &str,
     whose: &str,
 ) -> Result<References, Refusal> {
     let spec = object.data.get("spec").unwrap_or(&Value::Null);
@@ -341,32 +329,45 @@ pub(crate) async fn references<M: MonitorLookup>(
             Ok(References {
                 items: referenced_items(&spec).map_err(|e| placeholder("spec.", e))?,
                 spec_digest: spec_digest(&spec).map_err(|e| invalid(e.to_string()))?,
-                self_contained: true,
+                monitor_ref: None,
             })
         }
         Kind::MonitorRun => {
             let spec: MonitorRunSpec = parse_part(spec).map_err(invalid)?;
-            let mut items = BTreeSet::new();
-            if let Some(inline) = &spec.monitor {
-                items
-                    .extend(referenced_items(inline).map_err(|e| placeholder("spec.monitor.", e))?);
-            }
-            if let (Some(reference), Some(monitors)) = (&spec.monitor_ref, monitors) {
-                let name = reference.name.as_str();
-                let saved = monitors
-                    .monitor_spec(namespace, name)
-                    .await?
-                    .ok_or_else(|| Refusal::NoSuchMonitor(name.to_owned()))?;
-                let prefix = format!("monitor {name:?}: spec.");
-                items.extend(referenced_items(&saved).map_err(|e| placeholder(&prefix, e))?);
-            }
+            let items = match &spec.monitor {
+                Some(inline) => {
+                    referenced_items(inline).map_err(|e| placeholder("spec.monitor.", e))?
+                }
+                None => BTreeSet::new(),
+            };
             Ok(References {
                 items,
                 spec_digest: spec_digest(&spec).map_err(|e| invalid(e.to_string()))?,
-                self_contained: spec.monitor_ref.is_none(),
+                monitor_ref: spec.monitor_ref.map(|r| r.name.to_string()),
             })
         }
     }
+}
+
+/// Every item `object` carries: its own, and a run's saved monitor's.
+async fn references<M: MonitorLookup>(
+    kind: Kind,
+    object: &DynamicObject,
+    monitors: &M,
+    namespace: &str,
+    whose: &str,
+) -> Result<References, Refusal> {
+    let mut refs = own_references(kind, object, whose)?;
+    if let Some(name) = &refs.monitor_ref {
+        let saved = monitors
+            .monitor_spec(namespace, name)
+            .await?
+            .ok_or_else(|| Refusal::NoSuchMonitor(name.clone()))?;
+        let items = referenced_items(&saved)
+            .map_err(|e| Refusal::Placeholder(format!("{whose}monitor {name:?}: spec.{e}")))?;
+        refs.items.extend(items);
+    }
+    Ok(refs)
 }
 
 /// The items of `items` that `user` may not use, sorted. An item is allowed by `use` on

@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::authorize::{
-    Authorizer, Decision, ItemSectionLookup, Kind, MonitorLookup, NoMonitors, Refusal, decide,
-    namespace_of, references,
+    Authorizer, Decision, ItemSectionLookup, Kind, MonitorLookup, Refusal, decide, namespace_of,
+    own_references,
 };
 use super::{Request, refuse};
 use crate::api::{Monitor, MonitorRun};
@@ -235,7 +235,7 @@ pub async fn check_monitor_write<S: Store>(keys: &Keys<S>, request: &Request) ->
         Err(refusal) => return refusal.into_response(request),
     };
     // The stamp already covers a run's saved monitor: no need to look it up again.
-    let carried = match references::<NoMonitors>(kind, object, None, namespace, "").await {
+    let carried = match own_references(kind, object, "") {
         Ok(carried) => carried,
         Err(refusal) => return refusal.into_response(request),
     };
@@ -252,7 +252,7 @@ pub async fn check_monitor_write<S: Store>(keys: &Keys<S>, request: &Request) ->
     .and_then(|refs| {
         // A run of a saved monitor was stamped with that monitor's items then; compare
         // only what the object itself determines.
-        if carried.self_contained && refs.items != carried.items {
+        if carried.monitor_ref.is_none() && refs.items != carried.items {
             return Err(StampError::ItemsDiffer {
                 kind: kind.as_str(),
                 stamped: refs.items,
