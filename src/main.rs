@@ -11,8 +11,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use monivault::api::vault_section::VaultSection;
 use monivault::api::{self, SecretField};
-use monivault::controller::{self, keys::Keys, leader};
+use monivault::controller::{self, leader};
 use monivault::crypto::{self, Plaintext, SealBinding, SealingPublicKey};
+use monivault::store::Keys;
 use monivault::store::SecretStore;
 use monivault::telemetry::server::{self, Readiness};
 use monivault::telemetry::{self, Metrics};
@@ -213,7 +214,7 @@ enum CliError {
     #[error("cannot connect to Kubernetes: {0}")]
     Kube(#[source] kube::Error),
     #[error("{0}")]
-    Keys(#[from] monivault::controller::keys::KeyError),
+    Keys(#[from] monivault::store::KeyError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("{0}")]

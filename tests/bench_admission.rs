@@ -28,7 +28,7 @@ use kube::{Client, ResourceExt as _};
 use monivault::api::Monitor;
 use monivault::api::vault_item::VaultItem;
 use monivault::api::vault_section::VaultSection;
-use monivault::webhook::STAMP_ANNOTATION;
+use monivault::stamp::STAMP_ANNOTATION;
 use serde_json::json;
 use support::{Operator, cluster, eventually, http_get};
 

@@ -24,9 +24,9 @@ use kube::{Client, ResourceExt as _};
 use monivault::api::vault_item::VaultItem;
 use monivault::api::vault_section::VaultSection;
 use monivault::api::{Monitor, MonitorRun};
-use monivault::controller::keys::Keys;
+use monivault::stamp::{self, STAMP_ANNOTATION, StampError};
+use monivault::store::Keys;
 use monivault::store::SecretStore;
-use monivault::webhook::{self, STAMP_ANNOTATION, StampError};
 use serde_json::{Value, json};
 use support::{
     Cluster, Operator, cluster, eventually, http_get, https_post, ready_condition, stderr, stdout,
@@ -346,7 +346,7 @@ async fn a_metadata_only_change_needs_no_use_and_keeps_the_stamp() {
         before.annotations().get(STAMP_ANNOTATION),
         "the stamp cannot be replaced by a metadata change"
     );
-    webhook::verify(&w.keys().await, &after)
+    stamp::verify(&w.keys().await, &after)
         .await
         .expect("still verifies");
 }
@@ -384,7 +384,7 @@ async fn without_use_a_user_cannot_test_now() {
         .create(&PostParams::default(), &by_ref)
         .await
         .expect("alice may test the shop monitor");
-    let refs = webhook::verify_run(&w.keys().await, &run)
+    let refs = stamp::verify_run(&w.keys().await, &run)
         .await
         .expect("the run's stamp verifies");
     assert_eq!(refs.user, "alice");
@@ -420,7 +420,7 @@ async fn use_on_the_item_or_its_section_allows_the_change_for_users_and_service_
             .await
             .unwrap_or_else(|e| panic!("{who}: {e}"));
         assert_eq!(changed.spec.url, url, "{who}");
-        let refs = webhook::verify(&keys, &changed)
+        let refs = stamp::verify(&keys, &changed)
             .await
             .unwrap_or_else(|e| panic!("{who}: {e}"));
         assert!(refs.user.starts_with(user), "{who}: {}", refs.user);
@@ -440,7 +440,7 @@ async fn a_monitor_written_while_the_webhook_was_not_registered_carries_no_stamp
     .await;
     let keys = w.keys().await;
     let legacy = w.monitors().get("legacy").await.unwrap();
-    let error = webhook::verify(&keys, &legacy).await.unwrap_err();
+    let error = stamp::verify(&keys, &legacy).await.unwrap_err();
     assert!(matches!(error, StampError::Missing { .. }), "{error}");
 
     // Someone permitted applies it again: now it is stamped.
@@ -453,9 +453,7 @@ async fn a_monitor_written_while_the_webhook_was_not_registered_carries_no_stamp
         )
         .await
         .expect("alice may");
-    webhook::verify(&keys, &reapplied)
-        .await
-        .expect("stamped now");
+    stamp::verify(&keys, &reapplied).await.expect("stamped now");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -772,7 +770,7 @@ async fn a_gitops_server_side_apply_keeps_a_valid_stamp_and_shows_no_drift() {
         .patch("gitops", &params, &Patch::Apply(&desired))
         .await
         .expect("first apply");
-    webhook::verify(&keys, &first).await.expect("stamped");
+    stamp::verify(&keys, &first).await.expect("stamped");
 
     // The same manifest again: nothing changes, and the stamp stays.
     let second = deployer
@@ -784,9 +782,7 @@ async fn a_gitops_server_side_apply_keeps_a_valid_stamp_and_shows_no_drift() {
         second.annotations().get(STAMP_ANNOTATION),
         first.annotations().get(STAMP_ANNOTATION)
     );
-    webhook::verify(&keys, &second)
-        .await
-        .expect("still stamped");
+    stamp::verify(&keys, &second).await.expect("still stamped");
 
     // A change in Git is stamped again, for the deployer.
     desired.spec.url = "https://shop.example.com/from-git?v=2".into();
@@ -794,6 +790,6 @@ async fn a_gitops_server_side_apply_keeps_a_valid_stamp_and_shows_no_drift() {
         .patch("gitops", &params, &Patch::Apply(&desired))
         .await
         .expect("changed apply");
-    let refs = webhook::verify(&keys, &third).await.expect("re-stamped");
+    let refs = stamp::verify(&keys, &third).await.expect("re-stamped");
     assert!(refs.user.ends_with(":deployer"), "{}", refs.user);
 }

@@ -16,15 +16,15 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use monivault::api::{Monitor, MonitorRun};
 use monivault::api::{MonitorSpec, SECRET_MASK};
-use monivault::controller::keys::Keys;
 use monivault::crypto::RootKey;
 use monivault::crypto::{SealBinding, seal};
+use monivault::stamp::{self, STAMP_ANNOTATION, StampError};
+use monivault::store::Keys;
 use monivault::store::MemoryStore;
 use monivault::store::Store;
 use monivault::webhook::{
     self, AccessCheck, Admission, AuthorizeError, Authorizer, DeleteLookup, ItemSectionLookup,
-    MAX_BODY_BYTES, MonitorLookup, Route, STAMP_ANNOTATION, StampError, Webhooks,
-    authorize_monitor_write, seal_vault_item,
+    MAX_BODY_BYTES, MonitorLookup, Route, Webhooks, authorize_monitor_write, seal_vault_item,
 };
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
@@ -1159,7 +1159,7 @@ async fn an_admitted_monitor_is_stamped_and_the_runner_can_verify_it() {
     assert!(stamp.contains("\"user\":\"alice\""), "{stamp}");
 
     let keys = webhooks.keys();
-    let refs = webhook::verify(keys, &typed::<Monitor>(&stored))
+    let refs = stamp::verify(keys, &typed::<Monitor>(&stored))
         .await
         .expect("the stamp verifies");
     assert_eq!(refs.user, "alice");
@@ -1202,7 +1202,7 @@ async fn a_stamp_does_not_cover_a_changed_spec_another_name_or_no_stamp() {
         "{}",
         validated.message()
     );
-    let error = webhook::verify(keys, &typed::<Monitor>(&steered))
+    let error = stamp::verify(keys, &typed::<Monitor>(&steered))
         .await
         .unwrap_err();
     assert!(matches!(error, StampError::Mismatch { .. }), "{error}");
@@ -1210,14 +1210,14 @@ async fn a_stamp_does_not_cover_a_changed_spec_another_name_or_no_stamp() {
     // The stamp copied onto a monitor of another name.
     let mut copied = stored.clone();
     copied["metadata"]["name"] = json!("shop-copy");
-    let error = webhook::verify(keys, &typed::<Monitor>(&copied))
+    let error = stamp::verify(keys, &typed::<Monitor>(&copied))
         .await
         .unwrap_err();
     assert!(matches!(error, StampError::Mismatch { .. }), "{error}");
 
     // Written while the webhook was bypassed: no stamp at all.
     let bare = monitor(shop_monitor_spec("https://shop.example.com/login"));
-    let error = webhook::verify(keys, &typed::<Monitor>(&bare))
+    let error = stamp::verify(keys, &typed::<Monitor>(&bare))
         .await
         .unwrap_err();
     assert!(matches!(error, StampError::Missing { .. }), "{error}");
@@ -1239,7 +1239,7 @@ async fn a_stamp_does_not_cover_a_changed_spec_another_name_or_no_stamp() {
         .unwrap()
         .replace("\"shop-api-token\",", "");
     forged["metadata"]["annotations"][STAMP_ANNOTATION] = json!(text);
-    let error = webhook::verify(keys, &typed::<Monitor>(&forged))
+    let error = stamp::verify(keys, &typed::<Monitor>(&forged))
         .await
         .unwrap_err();
     assert!(matches!(error, StampError::Mismatch { .. }), "{error}");
@@ -1282,7 +1282,7 @@ async fn a_metadata_only_update_keeps_the_stored_stamp() {
         stored["metadata"]["annotations"][STAMP_ANNOTATION]
     );
     assert_eq!(result["metadata"]["labels"]["team"], "web");
-    webhook::verify(webhooks.keys(), &typed::<Monitor>(&result))
+    stamp::verify(webhooks.keys(), &typed::<Monitor>(&result))
         .await
         .expect("still verifies");
 }
@@ -1307,7 +1307,7 @@ async fn a_run_named_by_generate_name_is_stamped_and_verifies_under_its_final_na
     )
     .await;
     assert!(validated.response.allowed, "{}", validated.message());
-    let refs = webhook::verify_run(webhooks.keys(), &typed::<MonitorRun>(&stored))
+    let refs = stamp::verify_run(webhooks.keys(), &typed::<MonitorRun>(&stored))
         .await
         .expect("verifies");
     assert_eq!(refs.user, "bob");
@@ -1315,7 +1315,7 @@ async fn a_run_named_by_generate_name_is_stamped_and_verifies_under_its_final_na
 
     // The same stamp on a name outside the prefix does not verify.
     stored["metadata"]["name"] = json!("other-x7k2p");
-    let error = webhook::verify_run(webhooks.keys(), &typed::<MonitorRun>(&stored))
+    let error = stamp::verify_run(webhooks.keys(), &typed::<MonitorRun>(&stored))
         .await
         .unwrap_err();
     assert!(matches!(error, StampError::Mismatch { .. }), "{error}");
@@ -1335,7 +1335,7 @@ async fn stamps_survive_a_root_key_rotation() {
         .put_root_keys(&next, Some(&roots.resource_version))
         .await
         .unwrap();
-    webhook::verify(keys, &typed::<Monitor>(&stored))
+    stamp::verify(keys, &typed::<Monitor>(&stored))
         .await
         .expect("a stamp under root key 1 still verifies");
 
@@ -1353,7 +1353,7 @@ async fn stamps_survive_a_root_key_rotation() {
         .as_str()
         .unwrap();
     assert!(stamp.contains("\"key\":2"), "{stamp}");
-    webhook::verify(keys, &typed::<Monitor>(&stored))
+    stamp::verify(keys, &typed::<Monitor>(&stored))
         .await
         .expect("a stamp under root key 2 verifies on the replica that had only seen 1");
 }

@@ -25,6 +25,7 @@ pub mod duration;
 pub mod monitor;
 pub mod monitor_run;
 pub mod names;
+pub mod template;
 pub mod vault_item;
 pub mod vault_section;
 

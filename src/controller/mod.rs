@@ -8,7 +8,6 @@
 //! The loops run only on the replica that holds the leader Lease ([`leader`]).
 
 pub mod certificate;
-pub mod keys;
 pub mod leader;
 pub mod rotation;
 pub mod vault_item;
@@ -31,14 +30,14 @@ use kube::{Client, ResourceExt};
 
 use crate::api::condition::{READY, find_condition};
 use crate::api::monitor::Monitor;
+use crate::api::template::referenced_items;
 use crate::api::vault_item::VaultItem;
 use crate::api::vault_section::VaultSection;
 use crate::crypto::CryptoError;
-use crate::runner::template::referenced_items;
+use crate::store::{KeyError, Keys};
 use crate::store::{Store, StoreError, layout};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{ItemCounts, ItemState};
-use keys::{KeyError, Keys};
 
 /// The server-side apply field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "monivault-controller";

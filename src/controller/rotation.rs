@@ -45,11 +45,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::keys::{KeyError, Keys, unix_now};
 use crate::api::vault_section::VaultSection;
 use crate::crypto::{CryptoError, DataCipher, ItemBinding, Keyring, RootKey, RotationPolicy};
 use crate::crypto::{Environment, reencrypt};
 use crate::store::{ItemKey, ItemRecord, SecretStore, Store, StoreError, Versioned};
+use crate::store::{KeyError, Keys, unix_now};
 
 /// Annotation on a VaultSection asking for a rotation of its environment's keys:
 /// `data-key@<RFC 3339 time>` or `sealing-key@<RFC 3339 time>`.

@@ -19,11 +19,11 @@ use super::certificate;
 use super::{Context, Error, FIELD_MANAGER, now};
 use crate::api::SECRET_MASK;
 use crate::api::condition::{ConditionStatus, READY, new_condition, set_condition};
+use crate::api::template::referenced_items;
 use crate::api::vault_item::{
     CertificateInfo, FileInfo, ItemType, SecretField, VaultItem, VaultItemSpec, VaultItemStatus,
 };
 use crate::crypto::{ItemBinding, SealBinding};
-use crate::runner::template::referenced_items;
 use crate::store::{ItemKey, ItemRecord, Store};
 
 pub const FINALIZER: &str = "monivault.io/store-record";

@@ -2,8 +2,3 @@
 //!
 //! What it must never do: write a plaintext anywhere (status, Event, log line, error) or
 //! send a secret to a host outside the item's `allowedHosts`.
-//!
-//! So far it holds the placeholder parser, which the webhook shares to decide which items
-//! a monitor references.
-
-pub mod template;

@@ -20,6 +20,7 @@
 //! - write without a resourceVersion precondition, except to create a new object.
 
 mod error;
+pub mod keys;
 pub mod layout;
 mod memory;
 mod record;
@@ -29,6 +30,7 @@ mod secrets;
 use std::future::Future;
 
 pub use error::StoreError;
+pub use keys::{KeyError, Keys, unix_now};
 pub use memory::MemoryStore;
 pub use record::{ItemKey, ItemRecord};
 pub use root_keys::RootKeySet;

@@ -10,7 +10,7 @@
 //! counts each item once.
 //!
 //! Labels are low-cardinality words only: a resource kind, an item state, an error
-//! [`category`](crate::controller::Error::category), a key kind. Never an object name
+//! category (the controller's `Error::category`), a key kind. Never an object name
 //! (unbounded) and never error text (it may name anything).
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};

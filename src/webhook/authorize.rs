@@ -29,10 +29,10 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, Operation};
 use serde_json::Value;
 
-use super::monitors::spec_digest;
 use super::{Request, parse_part, refuse};
+use crate::api::template::{ReferenceError, referenced_items};
 use crate::api::{GROUP, Monitor, MonitorRunSpec, MonitorSpec, VaultItem};
-use crate::runner::template::{ReferenceError, referenced_items};
+use crate::stamp::spec_digest;
 
 /// The custom RBAC verb that lets a user have a monitor carry an item.
 pub const USE_VERB: &str = "use";
@@ -174,26 +174,14 @@ impl Refusal {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Monitor,
-    MonitorRun,
-}
+pub(crate) use crate::stamp::StampKind as Kind;
 
-impl Kind {
-    pub(crate) fn of(request: &Request) -> Result<Kind, Refusal> {
-        match (request.kind.group.as_str(), request.kind.kind.as_str()) {
-            (GROUP, "Monitor") => Ok(Kind::Monitor),
-            (GROUP, "MonitorRun") => Ok(Kind::MonitorRun),
-            (group, kind) => Err(Refusal::WrongKind(format!("{group}/{kind}"))),
-        }
-    }
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Kind::Monitor => "Monitor",
-            Kind::MonitorRun => "MonitorRun",
-        }
+/// Which kind of object a monitor webhook request is about.
+pub(crate) fn kind_of(request: &Request) -> Result<Kind, Refusal> {
+    match (request.kind.group.as_str(), request.kind.kind.as_str()) {
+        (GROUP, "Monitor") => Ok(Kind::Monitor),
+        (GROUP, "MonitorRun") => Ok(Kind::MonitorRun),
+        (group, kind) => Err(Refusal::WrongKind(format!("{group}/{kind}"))),
     }
 }
 
@@ -246,7 +234,7 @@ where
     I: ItemSectionLookup,
     M: MonitorLookup,
 {
-    let kind = Kind::of(request)?;
+    let kind = kind_of(request)?;
     if !matches!(request.operation, Operation::Create | Operation::Update)
         || request.sub_resource.as_deref() == Some("status")
     {

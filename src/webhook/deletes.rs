@@ -13,8 +13,8 @@ use kube::core::admission::{AdmissionResponse, Operation};
 
 use super::authorize::AuthorizeError;
 use super::{KubeLookup, Request, refuse};
+use crate::api::template::referenced_items;
 use crate::api::{GROUP, Monitor, MonitorSpec, VaultItem};
-use crate::runner::template::referenced_items;
 
 /// How many names a refusal lists before it says "and N more".
 const LISTED: usize = 10;

@@ -14,7 +14,7 @@ use super::{
     Route, SubjectAccessReviewAuthorizer, check_monitor_write, guard_delete, seal_vault_item,
     stamp_monitor_write,
 };
-use crate::controller::keys::Keys;
+use crate::store::Keys;
 use crate::store::Store;
 
 /// The admission decisions, with what they need: the keys (sealing, stamps), an authorizer

@@ -18,7 +18,7 @@
 //!   mask and sealed values, and parse errors are redacted ([`redact_parse_error`]) because
 //!   serde quotes the values it could not read;
 //! - write anything but an environment's missing keys (through
-//!   [`Keys::ensure_environment`](crate::controller::keys::Keys::ensure_environment)), and
+//!   [`Keys::ensure_environment`](crate::store::Keys::ensure_environment)), and
 //!   never that on a dry run: the webhooks are registered with `sideEffects: NoneOnDryRun`;
 //! - panic on any input.
 
@@ -48,10 +48,7 @@ pub use authorize::{
 pub use deletes::{DeleteLookup, guard_delete};
 pub use handlers::Webhooks;
 pub use metrics::AdmissionMetrics;
-pub use monitors::{
-    AuthorizedRefs, STAMP_ANNOTATION, StampError, check_monitor_write, stamp_monitor_write, verify,
-    verify_run,
-};
+pub use monitors::{check_monitor_write, stamp_monitor_write};
 pub use seal_items::{SealError, seal_vault_item};
 pub use server::Limits;
 pub use serving::{RunningWebhooks, TlsSource, WebhookSettings, WebhookStartError, start};

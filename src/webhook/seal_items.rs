@@ -19,9 +19,9 @@ use serde_json::{Map, Value, json};
 
 use super::{Request, dotted, parse_part, redact_parse_error, refuse};
 use crate::api::{GROUP, ItemType, SECRET_MASK, SecretField, VERSION, VaultItemSpec};
-use crate::controller::keys::{KeyError, Keys};
 use crate::crypto::{CryptoError, Keyring, RootKey, SealBinding, seal};
 use crate::store::Store;
+use crate::store::{KeyError, Keys};
 
 /// The annotation a client-side `kubectl apply` writes with the whole applied object.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";

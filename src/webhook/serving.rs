@@ -21,7 +21,7 @@ use super::registration::{ClientTarget, Registration, RegistrationError};
 use super::server::{Limits, ServeError, Server};
 use super::tls::{self, CertResolver, SelfManaged, SelfManagedConfig, TlsError};
 use super::{Admission, AdmissionMetrics, Webhooks};
-use crate::controller::keys::Keys;
+use crate::store::Keys;
 use crate::store::Store;
 
 /// How the serving certificate is obtained.

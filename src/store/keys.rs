@@ -1,7 +1,7 @@
 //! The operator's keys at run time: the root key set, held in memory, and the keyring,
 //! read from and written to the store by compare-and-swap.
 //!
-//! Shared by the controller and the webhook, so both create an environment's keys the
+//! Shared by the controller, the webhook and the runner, so all create an environment's keys the
 //! same way and two racing processes always agree on one key.
 
 use std::collections::BTreeMap;
@@ -10,8 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::RwLock;
 
+use super::{RootKeySet, Store, StoreError, update_keyring};
 use crate::crypto::{CryptoError, Keyring, RootKey};
-use crate::store::{RootKeySet, Store, StoreError, update_keyring};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use thiserror::Error;
 
-use crate::api::monitor::MonitorSpec;
+use super::monitor::MonitorSpec;
 
 const OPEN: &str = "{{";
 const CLOSE: &str = "}}";
