@@ -37,6 +37,8 @@ fn bench(c: &mut Criterion) {
     };
     let sealed_binding = SealBinding {
         namespace: "team-a",
+        section: "checkout",
+        item_type: "CredentialSet",
         item: "shop-login",
         field: "password",
     };

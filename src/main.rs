@@ -1,6 +1,8 @@
 //! The `monivault` binary: a thin shell over the library.
 
-use std::io::{Read, Write};
+mod cli;
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,17 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use monivault::api::vault_section::VaultSection;
-use monivault::api::{self, SecretField};
+use monivault::api;
 use monivault::controller::{self, leader};
-use monivault::crypto::{self, Plaintext, SealBinding, SealingPublicKey};
 use monivault::store::Keys;
 use monivault::store::SecretStore;
 use monivault::telemetry::server::{self, Readiness};
 use monivault::telemetry::{self, Metrics};
 use monivault::webhook;
 use thiserror::Error;
-use zeroize::Zeroizing;
 
 /// A secrets vault for synthetic monitoring on Kubernetes.
 #[derive(Parser)]
@@ -36,10 +35,10 @@ enum Command {
     /// Run the operator: the admission webhooks, and on the leader the controller that
     /// ingests vault items into the encrypted store and rotates the keys.
     Run(Box<RunArgs>),
-    /// Seal a secret for GitOps. Reads the value from standard input (never from the
-    /// command line, which other users can see in the process list) and prints the
-    /// `mv1.s.…` string to put under `spec.sealed.<field>`.
-    Seal(SealArgs),
+    /// Seal a secret for GitOps. Reads the value from standard input or a file (never
+    /// from the command line, which other users can see in the process list) and prints
+    /// the `mv2.s.…` string to put under `spec.sealed.<field>`.
+    Seal(cli::seal::SealArgs),
     /// Rotate a key now: root-key, or an environment's data-key or sealing-key. Safe
     /// beside a running operator; re-run with the same --requested-at after a crash.
     Rotate(controller::rotation::RotateArgs),
@@ -164,30 +163,6 @@ impl WebhookArgs {
     }
 }
 
-#[derive(clap::Args)]
-struct SealArgs {
-    /// The namespace the item lives in (its environment).
-    #[arg(short = 'n', long)]
-    namespace: String,
-    /// The VaultItem's name.
-    #[arg(long)]
-    item: String,
-    /// The write-only field: password, value, archive, archivePassword, content or secret.
-    #[arg(long, value_parser = parse_field)]
-    field: SecretField,
-    /// Read the sealing public key from this VaultSection's `status.sealingPublicKey`
-    /// in the cluster (kubeconfig as for kubectl).
-    #[arg(long, required_unless_present = "public_key_file")]
-    section: Option<String>,
-    /// Read the sealing public key (`mvpk1.…`) from this file instead, e.g. to seal
-    /// offline: save a VaultSection's `status.sealingPublicKey` to it.
-    #[arg(long, conflicts_with = "section")]
-    public_key_file: Option<PathBuf>,
-    /// Read the value from this file instead of standard input (e.g. a PKCS#12 archive).
-    #[arg(long)]
-    from_file: Option<PathBuf>,
-}
-
 #[derive(Debug, Error)]
 enum CliError {
     #[error("cannot read {what} from {path}: {source}")]
@@ -202,15 +177,7 @@ enum CliError {
     #[error("{0}")]
     Crds(#[from] api::ApiError),
     #[error("{0}")]
-    Crypto(#[from] crypto::CryptoError),
-    #[error("the value to seal is empty")]
-    EmptyValue,
-    #[error("give --section or --public-key-file")]
-    NoPublicKey,
-    #[error(
-        "VaultSection {namespace}/{section} publishes no sealing key yet: is the monivault operator running?"
-    )]
-    NotPublished { namespace: String, section: String },
+    Seal(#[from] cli::seal::SealError),
     #[error("cannot connect to Kubernetes: {0}")]
     Kube(#[source] kube::Error),
     #[error("{0}")]
@@ -235,16 +202,6 @@ fn default_instance() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "monivault".to_owned());
     format!("{host}-{}", std::process::id())
-}
-
-fn parse_field(s: &str) -> Result<SecretField, String> {
-    SecretField::ALL
-        .into_iter()
-        .find(|f| f.as_str() == s)
-        .ok_or_else(|| {
-            let names: Vec<_> = SecretField::ALL.iter().map(|f| f.as_str()).collect();
-            format!("unknown field {s:?}; expected one of {}", names.join(", "))
-        })
 }
 
 fn main() -> ExitCode {
@@ -408,70 +365,8 @@ fn print_crds() -> Result<(), CliError> {
         .map_err(CliError::Write)
 }
 
-fn seal(args: &SealArgs) -> Result<(), CliError> {
-    let key_text = match (&args.public_key_file, &args.section) {
-        (Some(path), _) => std::fs::read_to_string(path).map_err(|source| CliError::Read {
-            what: "the public key",
-            path: path.display().to_string(),
-            source,
-        })?,
-        (None, Some(section)) => published_key(&args.namespace, section)?,
-        (None, None) => return Err(CliError::NoPublicKey),
-    };
-    let public_key = SealingPublicKey::parse(&key_text)?;
-    let value = read_value(args)?;
-    if value.is_empty() {
-        return Err(CliError::EmptyValue);
-    }
-    let binding = SealBinding {
-        namespace: &args.namespace,
-        item: &args.item,
-        field: args.field.as_str(),
-    };
-    let sealed = crypto::seal(&public_key, &binding, value.expose())?;
+fn seal(args: &cli::seal::SealArgs) -> Result<(), CliError> {
+    let sealed = cli::seal::seal(args)?;
     println!("{sealed}");
     Ok(())
-}
-
-/// The sealing public key a VaultSection publishes in its status.
-fn published_key(namespace: &str, section: &str) -> Result<String, CliError> {
-    let runtime = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
-    runtime.block_on(async {
-        let client = kube::Client::try_default().await.map_err(CliError::Kube)?;
-        let sections: kube::Api<VaultSection> = kube::Api::namespaced(client, namespace);
-        let found = sections.get(section).await.map_err(CliError::Kube)?;
-        found
-            .status
-            .and_then(|s| s.sealing_public_key)
-            .ok_or_else(|| CliError::NotPublished {
-                namespace: namespace.to_owned(),
-                section: section.to_owned(),
-            })
-    })
-}
-
-fn read_value(args: &SealArgs) -> Result<Plaintext, CliError> {
-    let mut bytes = Zeroizing::new(Vec::new());
-    let (path, result) = match &args.from_file {
-        Some(path) => (
-            path.display().to_string(),
-            std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)),
-        ),
-        None => (
-            "standard input".to_owned(),
-            std::io::stdin().read_to_end(&mut bytes),
-        ),
-    };
-    result.map_err(|source| CliError::Read {
-        what: "the value",
-        path,
-        source,
-    })?;
-    // A value piped in with `echo` ends in a newline that is not part of the secret.
-    if args.from_file.is_none() {
-        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            bytes.pop();
-        }
-    }
-    Ok(Plaintext::from_zeroizing(bytes))
 }

@@ -137,6 +137,8 @@ async fn store_throughput_against_plain_secrets() {
             let name = format!("item-{i:05}");
             let binding = SealBinding {
                 namespace: &ns,
+                section: "bench",
+                item_type: "Secret",
                 item: &name,
                 field: "value",
             };

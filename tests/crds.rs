@@ -170,7 +170,7 @@ fn as_sealed_by_the_webhook(item: &mut VaultItem) {
         let plaintext = item.spec.take_plaintext(field).expect("plaintext present");
         assert!(!plaintext.is_empty());
         item.spec
-            .set_sealed(field, format!("mv1.s.1.stand-in-for-{}", field.as_str()));
+            .set_sealed(field, format!("mv2.s.1.stand-in-for-{}", field.as_str()));
     }
 }
 
@@ -488,7 +488,7 @@ fn an_unchanged_or_described_item_may_be_updated() {
     new.spec.allowed_hosts.push("*.example.com".into());
     new.spec.set_sealed(
         SecretField::Password,
-        "mv1.s.2.another-sealed-password".into(),
+        "mv2.s.2.another-sealed-password".into(),
     );
     new.validate_cel_update(&old)
         .unwrap_or_else(|e| panic!("{:#?}", messages(&e)));
@@ -519,7 +519,7 @@ fn an_item_cannot_change_type() {
         password: Some(SECRET_MASK.into()),
     });
     new.spec
-        .set_sealed(SecretField::Password, "mv1.s.1.sealed".into());
+        .set_sealed(SecretField::Password, "mv2.s.1.sealed".into());
     assert!(new.validate_cel().is_ok(), "valid on its own");
     let errors = messages(&new.validate_cel_update(&old).unwrap_err());
     assert_eq!(errors.len(), 1, "{errors:#?}");

@@ -26,6 +26,8 @@ async fn a_sealed_item_becomes_ready_and_only_the_root_key_opens_its_record() {
     let plaintext = "ingest-plaintext-4b1f9e";
     let binding = SealBinding {
         namespace: &ns,
+        section: "checkout",
+        item_type: "CredentialSet",
         item: "shop-login",
         field: "password",
     };
@@ -133,6 +135,8 @@ async fn a_sealed_value_for_another_item_leaves_it_not_ready_with_an_event() {
     // Sealed for another item: copying it here must not work.
     let binding = SealBinding {
         namespace: &ns,
+        section: "checkout",
+        item_type: "CredentialSet",
         item: "someone-else",
         field: "password",
     };
@@ -175,6 +179,8 @@ async fn a_sealed_value_for_another_item_leaves_it_not_ready_with_an_event() {
         &public_key,
         &SealBinding {
             namespace: &ns,
+            section: "checkout",
+            item_type: "CredentialSet",
             item: "shop-login",
             field: "password",
         },
@@ -255,6 +261,8 @@ fn certificate_archive(name: &str, sealed_archive: &str, sealed_password: &str) 
 fn seal_field(key: &SealingPublicKey, ns: &str, item: &str, field: &str, value: &str) -> String {
     let binding = SealBinding {
         namespace: ns,
+        section: "checkout",
+        item_type: "CertificateArchive",
         item,
         field,
     };
@@ -463,6 +471,8 @@ async fn an_altered_store_record_is_rebuilt_from_the_sealed_value() {
     let plaintext = "record-plaintext-90d1c3";
     let binding = SealBinding {
         namespace: &ns,
+        section: "checkout",
+        item_type: "CredentialSet",
         item: "shop-login",
         field: "password",
     };
@@ -552,6 +562,8 @@ async fn used_by_lists_the_monitors_that_reference_the_item() {
     let public_key = section_public_key(&admin, &ns).await;
     let binding = SealBinding {
         namespace: &ns,
+        section: "checkout",
+        item_type: "CredentialSet",
         item: "shop-login",
         field: "password",
     };

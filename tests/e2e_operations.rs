@@ -81,6 +81,8 @@ async fn wait_for_sample(addr: SocketAddr, series: &str, want: impl Fn(f64) -> b
 async fn sealed_password(key: &SealingPublicKey, ns: &str, item: &str, plaintext: &str) -> String {
     let binding = SealBinding {
         namespace: ns,
+        section: "checkout",
+        item_type: "CredentialSet",
         item,
         field: "password",
     };

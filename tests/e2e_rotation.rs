@@ -103,6 +103,8 @@ async fn populate(c: &Cluster, admin: &Client, prefix: &str) -> (World, Operator
         .map(|(name, plaintext)| {
             let binding = SealBinding {
                 namespace: &ns,
+                section: "checkout",
+                item_type: "CredentialSet",
                 item: name,
                 field: "password",
             };
@@ -497,6 +499,8 @@ async fn a_root_key_rotation_survives_kills_of_the_rotate_command_and_the_operat
         &public_key,
         &SealBinding {
             namespace: &world.ns,
+            section: "checkout",
+            item_type: "CredentialSet",
             item: "after-rotation",
             field: "password",
         },

@@ -135,7 +135,7 @@ async fn type_and_section_cannot_change() {
             "apiVersion: monivault.io/v1alpha1\nkind: VaultItem\nmetadata:\n  name: token\nspec:\n  type: {ty}\n  section: {section}\n  allowedHosts: [api.example.com]\n{body}"
         )
     };
-    let secret = "  secret: {value: \"*****\"}\n  sealed: {value: mv1.s.1.AAAA}\n";
+    let secret = "  secret: {value: \"*****\"}\n  sealed: {value: mv2.s.1.AAAA}\n";
     let out = c.kubectl_stdin(
         &["create", "-n", &ns, "-f", "-"],
         &item("checkout", "Secret", secret),
@@ -161,7 +161,7 @@ async fn type_and_section_cannot_change() {
         stderr(&out)
     );
 
-    let otp = "  oneTimePassword: {secret: \"*****\"}\n  sealed: {secret: mv1.s.1.AAAA}\n";
+    let otp = "  oneTimePassword: {secret: \"*****\"}\n  sealed: {secret: mv2.s.1.AAAA}\n";
     let out = c.kubectl_stdin(
         &[
             "apply",
@@ -186,7 +186,7 @@ async fn type_and_section_cannot_change() {
 async fn kubectl_get_vaultitems_shows_the_designed_columns() {
     let c = cluster();
     let ns = c.temp_namespace("smoke-columns").await;
-    let item = "apiVersion: monivault.io/v1alpha1\nkind: VaultItem\nmetadata:\n  name: shop-login\nspec:\n  type: CredentialSet\n  section: checkout\n  allowedHosts: [shop.example.com]\n  credentialSet: {username: synthetic-bot, password: \"*****\"}\n  sealed: {password: mv1.s.1.AAAA}\n";
+    let item = "apiVersion: monivault.io/v1alpha1\nkind: VaultItem\nmetadata:\n  name: shop-login\nspec:\n  type: CredentialSet\n  section: checkout\n  allowedHosts: [shop.example.com]\n  credentialSet: {username: synthetic-bot, password: \"*****\"}\n  sealed: {password: mv2.s.1.AAAA}\n";
     let out = c.kubectl_stdin(&["create", "-n", &ns, "-f", "-"], item);
     assert!(out.status.success(), "{}", stderr(&out));
 

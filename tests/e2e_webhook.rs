@@ -388,7 +388,7 @@ async fn without_use_a_user_cannot_test_now() {
         .await
         .expect("the run's stamp verifies");
     assert_eq!(refs.user, "alice");
-    assert!(refs.items.contains("shop-login"));
+    assert!(refs.items.contains_key("shop-login"));
 }
 
 #[tokio::test]
@@ -486,7 +486,7 @@ async fn kubectl_apply_of_a_plaintext_is_sealed_and_the_plaintext_is_nowhere() {
     assert!(
         value["spec"]["sealed"]["password"]
             .as_str()
-            .is_some_and(|s| s.starts_with("mv1.s.")),
+            .is_some_and(|s| s.starts_with("mv2.s.")),
         "{value}"
     );
     let last_applied =

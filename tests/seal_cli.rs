@@ -42,6 +42,8 @@ fn sealed_output_opens_in_the_operator() {
         &[
             "-n",
             "team-a",
+            "--section",
+            "checkout",
             "--item",
             "shop-login",
             "--field",
@@ -57,10 +59,12 @@ fn sealed_output_opens_in_the_operator() {
         String::from_utf8_lossy(&out.stderr)
     );
     let sealed = String::from_utf8(out.stdout).expect("utf-8");
-    assert!(sealed.starts_with("mv1.s.1."), "{sealed}");
+    assert!(sealed.starts_with("mv2.s.1."), "{sealed}");
     assert!(!sealed.contains(PLAINTEXT));
     let binding = SealBinding {
         namespace: "team-a",
+        section: "checkout",
+        item_type: "CredentialSet",
         item: "shop-login",
         field: "password",
     };
@@ -83,6 +87,8 @@ fn bad_arguments_get_clear_errors() {
             &[
                 "-n",
                 "team-b",
+                "--section",
+                "checkout",
                 "--item",
                 "x",
                 "--field",
@@ -96,6 +102,8 @@ fn bad_arguments_get_clear_errors() {
             &[
                 "-n",
                 "team-a",
+                "--section",
+                "checkout",
                 "--item",
                 "x",
                 "--field",
@@ -109,6 +117,8 @@ fn bad_arguments_get_clear_errors() {
             &[
                 "-n",
                 "team-a",
+                "--section",
+                "checkout",
                 "--item",
                 "x",
                 "--field",
@@ -130,6 +140,8 @@ fn bad_arguments_get_clear_errors() {
         &[
             "-n",
             "team-a",
+            "--section",
+            "checkout",
             "--item",
             "x",
             "--field",
@@ -140,6 +152,122 @@ fn bad_arguments_get_clear_errors() {
         b"\n",
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+
+    // Without the section there is nothing to bind the value to.
+    let out = monivault_seal(
+        &[
+            "-n",
+            "team-a",
+            "--item",
+            "x",
+            "--field",
+            "value",
+            "--public-key-file",
+            pk,
+        ],
+        PLAINTEXT.as_bytes(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--section"), "{stderr}");
+
+    // Over the field's limit: refused with the limit, never echoed.
+    let long = "x".repeat(2000);
+    let out = monivault_seal(
+        &[
+            "-n",
+            "team-a",
+            "--section",
+            "checkout",
+            "--item",
+            "x",
+            "--field",
+            "password",
+            "--public-key-file",
+            pk,
+        ],
+        long.as_bytes(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("at most 1024 bytes"), "{stderr}");
+    assert!(!stderr.contains(&long));
+}
+
+/// Seals `stdin` (or a file) with the test key and opens the result as the operator would.
+fn seal_and_open(field: &str, item_type: &str, extra: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let (root, keyring, pk) = environment();
+    let pk = pk.0.to_str().expect("utf-8 path");
+    let mut args = vec![
+        "-n",
+        "team-a",
+        "--section",
+        "checkout",
+        "--item",
+        "x",
+        "--field",
+        field,
+        "--public-key-file",
+        pk,
+    ];
+    args.extend_from_slice(extra);
+    let out = monivault_seal(&args, stdin);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sealed = String::from_utf8(out.stdout).expect("utf-8");
+    let binding = SealBinding {
+        namespace: "team-a",
+        section: "checkout",
+        item_type,
+        item: "x",
+        field,
+    };
+    let opened = keyring
+        .open_sealed(&root, &binding, sealed.trim())
+        .expect("opens");
+    // Bound to the section: another section of the same namespace does not open it.
+    let elsewhere = SealBinding {
+        section: "payments",
+        ..binding
+    };
+    assert!(
+        keyring
+            .open_sealed(&root, &elsewhere, sealed.trim())
+            .is_err()
+    );
+    opened.expose().to_vec()
+}
+
+#[test]
+fn exactly_one_trailing_newline_is_dropped_from_standard_input() {
+    assert_eq!(seal_and_open("value", "Secret", &[], b"tok\n\n"), b"tok\n");
+    assert_eq!(seal_and_open("value", "Secret", &[], b"tok\r\n"), b"tok");
+    assert_eq!(seal_and_open("value", "Secret", &[], b"tok"), b"tok");
+}
+
+#[test]
+fn a_raw_file_is_base64_encoded_for_the_fields_that_hold_base64() {
+    let file = tempfile_path::TempPath::new("p12");
+    let raw: Vec<u8> = (0u8..=255).chain([0x30, 0x82, 0x0a]).collect();
+    std::fs::write(&file.0, &raw).expect("write");
+    let path = file.0.to_str().expect("utf-8 path");
+    let opened = seal_and_open("archive", "CertificateArchive", &["--from-file", path], b"");
+    use base64::Engine as _;
+    assert_eq!(
+        opened,
+        base64::engine::general_purpose::STANDARD
+            .encode(&raw)
+            .into_bytes()
+    );
+    // A token file is taken as it is, trailing newline included.
+    std::fs::write(&file.0, b"tok\n").expect("write");
+    assert_eq!(
+        seal_and_open("value", "Secret", &["--from-file", path], b""),
+        b"tok\n"
+    );
 }
 
 /// A file path removed on drop, so tests leave nothing behind.

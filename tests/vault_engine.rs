@@ -71,11 +71,13 @@ fn tampered_sealed_value_never_opens() {
         .expect("public key");
     let b = SealBinding {
         namespace: "team-a",
+        section: "checkout",
+        item_type: "CredentialSet",
         item: "shop-login",
         field: "password",
     };
     let sealed = seal(&pk, &b, SECRET).expect("seal");
-    assert!(sealed.starts_with("mv1.s.1."));
+    assert!(sealed.starts_with("mv2.s.1."));
     assert_eq!(
         keyring
             .open_sealed(&root, &b, &sealed)
@@ -104,6 +106,8 @@ fn truncated_and_garbage_inputs_give_typed_errors() {
     let b = binding("team-a", "x", "value");
     let sb = SealBinding {
         namespace: "team-a",
+        section: "checkout",
+        item_type: "Secret",
         item: "x",
         field: "value",
     };
@@ -203,13 +207,15 @@ fn stored_ciphertext_is_bound_to_its_key_version() {
 }
 
 #[test]
-fn sealed_value_is_bound_to_namespace_item_field_and_version() {
+fn sealed_value_is_bound_to_namespace_section_type_item_field_and_version() {
     let (root, mut keyring) = keyring_with(&["team-a", "team-b"]);
     let pk = keyring
         .sealing_public_key(&root, "team-a")
         .expect("public key");
     let original = SealBinding {
         namespace: "team-a",
+        section: "checkout",
+        item_type: "CredentialSet",
         item: "shop-login",
         field: "password",
     };
@@ -227,6 +233,21 @@ fn sealed_value_is_bound_to_namespace_item_field_and_version() {
             "another field",
             SealBinding {
                 field: "value",
+                ..original
+            },
+        ),
+        (
+            // A value copied into an item recreated in a section the copier may use.
+            "another section",
+            SealBinding {
+                section: "payments",
+                ..original
+            },
+        ),
+        (
+            "another item type",
+            SealBinding {
+                item_type: "Secret",
                 ..original
             },
         ),
@@ -253,8 +274,15 @@ fn sealed_value_is_bound_to_namespace_item_field_and_version() {
     keyring
         .rotate_sealing_key(&root, "team-a", NOW)
         .expect("rotate");
-    let relabelled = sealed.replacen("mv1.s.1.", "mv1.s.2.", 1);
+    let relabelled = sealed.replacen("mv2.s.1.", "mv2.s.2.", 1);
+    assert_ne!(relabelled, sealed);
     assert!(keyring.open_sealed(&root, &original, &relabelled).is_err());
+    // The format of before the section was bound is refused with a way out.
+    let outdated = sealed.replacen("mv2.s.", "mv1.s.", 1);
+    assert_eq!(
+        keyring.open_sealed(&root, &original, &outdated).err(),
+        Some(CryptoError::OutdatedSealedFormat)
+    );
     // The old version is retained, so the original still opens.
     assert_eq!(
         keyring
@@ -429,6 +457,8 @@ impl World {
                         .expect("pk");
                     let b = SealBinding {
                         namespace,
+                        section: "checkout",
+                        item_type: "Secret",
                         item: "sealed",
                         field: "value",
                     };
@@ -534,6 +564,8 @@ impl World {
         for (ns, sealed) in &self.sealed {
             let b = SealBinding {
                 namespace: NAMESPACES[*ns],
+                section: "checkout",
+                item_type: "Secret",
                 item: "sealed",
                 field: "value",
             };

@@ -23,7 +23,7 @@ use monivault::store::Keys;
 use monivault::store::MemoryStore;
 use monivault::store::Store;
 use monivault::webhook::{
-    self, AccessCheck, Admission, AuthorizeError, Authorizer, DeleteLookup, ItemSectionLookup,
+    self, AccessCheck, Admission, AuthorizeError, Authorizer, DeleteLookup, ItemFacts, ItemLookup,
     MAX_BODY_BYTES, MonitorLookup, Route, Webhooks, authorize_monitor_write, seal_vault_item,
 };
 use serde_json::{Value, json};
@@ -189,7 +189,7 @@ impl Outcome {
 
 async fn admit_item(keys: &Keys<MemoryStore>, request: Value) -> Outcome {
     let review = webhook::review(&body(request), |req| async move {
-        seal_vault_item(keys, &req).await
+        seal_vault_item(keys, &Everyone, &req).await
     })
     .await;
     Outcome::new(review.response.expect("a response"))
@@ -201,6 +201,8 @@ async fn open(keys: &Keys<MemoryStore>, item: &str, sealed: &str) -> String {
     let root = keys.root_for(&keyring).await.expect("root");
     let binding = SealBinding {
         namespace: NS,
+        section: "checkout",
+        item_type: "CredentialSet",
         item,
         field: "password",
     };
@@ -215,6 +217,8 @@ async fn seal_for(keys: &Keys<MemoryStore>, item: &str, plaintext: &str) -> Stri
     let public_key = keyring.sealing_public_key(&root, NS).expect("public key");
     let binding = SealBinding {
         namespace: NS,
+        section: "checkout",
+        item_type: "CredentialSet",
         item,
         field: "password",
     };
@@ -238,7 +242,7 @@ async fn a_plaintext_password_comes_out_sealed_and_masked_in_spec_and_in_last_ap
     let sealed = stored["spec"]["sealed"]["password"]
         .as_str()
         .expect("sealed");
-    assert!(sealed.starts_with("mv1.s.1."), "{sealed}");
+    assert!(sealed.starts_with("mv2.s.1."), "{sealed}");
     assert_eq!(open(&keys, ITEM, sealed).await, PASSWORD);
 
     let last_applied: Value = serde_json::from_str(
@@ -344,7 +348,7 @@ async fn an_unchanged_sealed_value_is_not_checked_again_on_update() {
     let sealed = seal_for(&keys, ITEM, PASSWORD).await;
     // The keys it was sealed under are gone (e.g. past retention): a label change must
     // still go through, while a new sealed value under them would not.
-    let stale = sealed.replacen("mv1.s.1.", "mv1.s.7.", 1);
+    let stale = sealed.replacen("mv2.s.1.", "mv2.s.7.", 1);
     let old = credential_set(Some(SECRET_MASK), Some(&stale));
     let mut new = old.clone();
     new["metadata"]["labels"] = json!({"team": "checkout"});
@@ -374,7 +378,7 @@ async fn a_sealed_value_copied_from_another_item_is_refused_naming_the_field() {
 async fn a_sealed_value_naming_an_unknown_key_version_is_refused() {
     let keys = keys().await;
     let sealed = seal_for(&keys, ITEM, PASSWORD).await;
-    let unknown = sealed.replacen("mv1.s.1.", "mv1.s.9.", 1);
+    let unknown = sealed.replacen("mv2.s.1.", "mv2.s.9.", 1);
     let object = credential_set(None, Some(&unknown));
     let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
     assert!(!outcome.response.allowed);
@@ -382,7 +386,7 @@ async fn a_sealed_value_naming_an_unknown_key_version_is_refused() {
     assert!(message.contains("spec.sealed.password"), "{message}");
     assert!(message.contains("sealing key version 9"), "{message}");
 
-    let malformed = credential_set(None, Some("mv1.s.1.not*base64"));
+    let malformed = credential_set(None, Some("mv2.s.1.not*base64"));
     let outcome = admit_item(&keys, item_request("CREATE", &malformed)).await;
     assert!(!outcome.response.allowed);
     assert!(
@@ -482,6 +486,144 @@ async fn a_plaintext_in_the_wrong_place_is_refused_without_echoing_it() {
     outcome.assert_no_plaintext(PASSWORD);
 }
 
+/// Re-applies `guess` as `user` over the stored item; the sealed value that comes out.
+async fn reapply_as(
+    keys: &Keys<MemoryStore>,
+    authorizer: &impl Authorizer,
+    user: &str,
+    stored: &Value,
+    guess: &str,
+) -> String {
+    let again = credential_set(Some(guess), stored["spec"]["sealed"]["password"].as_str());
+    let mut update = request("VaultItem", "vaultitems", "UPDATE", user, &again);
+    update["oldObject"] = stored.clone();
+    update["dryRun"] = json!(true);
+    let review = webhook::review(&body(update), |req| async move {
+        seal_vault_item(keys, authorizer, &req).await
+    })
+    .await;
+    let outcome = Outcome::new(review.response.expect("a response"));
+    assert!(outcome.response.allowed, "{}", outcome.message());
+    outcome.assert_no_plaintext(guess);
+    outcome.patched(&again)["spec"]["sealed"]["password"]
+        .as_str()
+        .expect("sealed")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn mallory_cannot_tell_a_right_guess_from_a_wrong_one() {
+    let keys = keys().await;
+    let created = credential_set(Some(PASSWORD), None);
+    let stored = admit_item(&keys, item_request("CREATE", &created))
+        .await
+        .patched(&created);
+    let kept = stored["spec"]["sealed"]["password"]
+        .as_str()
+        .expect("sealed");
+    let grants = shop_grants();
+    // The right guess and a wrong one both come back freshly sealed: nothing tells them
+    // apart, so a dry run answers no question about the password.
+    let right = reapply_as(&keys, &grants, "mallory", &stored, PASSWORD).await;
+    let wrong = reapply_as(&keys, &grants, "mallory", &stored, "wrong-guess-1").await;
+    assert_ne!(right, kept);
+    assert_ne!(wrong, kept);
+    assert_eq!(open(&keys, ITEM, &right).await, PASSWORD);
+    // alice may use the item: her repeated apply keeps the stored value (no drift).
+    assert_eq!(
+        reapply_as(&keys, &grants, "alice", &stored, PASSWORD).await,
+        kept
+    );
+    assert_ne!(
+        reapply_as(&keys, &grants, "alice", &stored, "wrong-guess-1").await,
+        kept
+    );
+}
+
+#[tokio::test]
+async fn a_sealed_value_of_the_old_format_is_refused_with_the_way_out() {
+    let keys = keys().await;
+    let sealed = seal_for(&keys, ITEM, PASSWORD).await;
+    let outdated = sealed.replacen("mv2.s.", "mv1.s.", 1);
+    let object = credential_set(None, Some(&outdated));
+    let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
+    assert!(!outcome.response.allowed);
+    let message = outcome.message();
+    assert!(message.contains("format mv1"), "{message}");
+    assert!(
+        message.contains(
+            "monivault seal -n shop --section checkout --item shop-login --field password"
+        ),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_sealed_value_from_another_section_is_refused() {
+    let keys = keys().await;
+    let keyring = keys.ensure_environment(NS).await.expect("keys");
+    let root = keys.root_for(&keyring).await.expect("root");
+    let public_key = keyring.sealing_public_key(&root, NS).expect("public key");
+    let payments = SealBinding {
+        namespace: NS,
+        section: "payments",
+        item_type: "CredentialSet",
+        item: ITEM,
+        field: "password",
+    };
+    let sealed = seal(&public_key, &payments, PASSWORD.as_bytes()).expect("seals");
+    // The item recreated in checkout with the value copied from payments.
+    let object = credential_set(None, Some(&sealed));
+    let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
+    assert!(!outcome.response.allowed);
+    assert!(
+        outcome.message().contains("does not open"),
+        "{}",
+        outcome.message()
+    );
+}
+
+#[tokio::test]
+async fn a_plaintext_hidden_in_a_duplicate_key_or_a_mistyped_field_leaves_no_trace() {
+    let keys = keys().await;
+    let object = credential_set(Some(PASSWORD), None);
+    let hidden = [
+        // kubectl's parser keeps the last of two keys; other clients write this.
+        format!(
+            r#"{{"apiVersion":"monivault.io/v1alpha1","kind":"VaultItem","metadata":{{"name":"{ITEM}","namespace":"{NS}"}},"spec":{{"type":"CredentialSet","section":"checkout","allowedHosts":["shop.example.com"],"credentialSet":{{"username":"bot","password":"{PASSWORD}","password":"*****"}}}}}}"#
+        ),
+        // Applied with field validation off: pruned from spec, kept in the annotation.
+        json!({"apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+               "metadata": {"name": ITEM, "namespace": NS},
+               "spec": {"type": "CredentialSet", "section": "checkout",
+                        "allowedHosts": ["shop.example.com"],
+                        "credentialSet": {"username": "bot", "password": PASSWORD,
+                                          "Password": PASSWORD}}})
+        .to_string(),
+    ];
+    for text in hidden {
+        let mut applied = object.clone();
+        applied["metadata"]["annotations"] = json!({ LAST_APPLIED: text });
+        let outcome = admit_item(&keys, item_request("CREATE", &applied)).await;
+        assert!(outcome.response.allowed, "{}", outcome.message());
+        let stored = outcome.patched(&applied);
+        let annotation = stored["metadata"]["annotations"][LAST_APPLIED]
+            .as_str()
+            .expect("set");
+        assert!(!annotation.contains(PASSWORD), "{annotation}");
+        assert!(
+            !serde_json::to_string(&stored)
+                .expect("json")
+                .contains(PASSWORD)
+        );
+        let warnings = outcome.response.warnings.clone().unwrap_or_default();
+        assert!(
+            warnings.iter().any(|w| w.contains("replaced")),
+            "{warnings:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_unreadable_last_applied_annotation_is_replaced_not_kept() {
     let keys = keys().await;
@@ -531,7 +673,7 @@ async fn an_item_without_allowed_hosts_gets_a_warning() {
 #[tokio::test]
 async fn deletes_status_writes_and_other_kinds_pass_through_or_are_refused() {
     let keys = keys().await;
-    let object = credential_set(Some(SECRET_MASK), Some("mv1.s.1.AAAA"));
+    let object = credential_set(Some(SECRET_MASK), Some("mv2.s.1.AAAA"));
     let mut delete = item_request("DELETE", &object);
     delete["oldObject"] = object.clone();
     delete["object"] = Value::Null;
@@ -574,12 +716,10 @@ async fn malformed_and_oversized_bodies_get_clean_errors() {
     let answer = |body: Vec<u8>| {
         let keys = &keys;
         async move {
-            let review: AdmissionReview<DynamicObject> =
-                webhook::review(
-                    &body,
-                    |req| async move { seal_vault_item(keys, &req).await },
-                )
-                .await;
+            let review: AdmissionReview<DynamicObject> = webhook::review(&body, |req| async move {
+                seal_vault_item(keys, &Everyone, &req).await
+            })
+            .await;
             let wire = serde_json::to_string(&review).expect("serializes");
             (review.response.expect("a response"), wire)
         }
@@ -658,15 +798,30 @@ async fn malformed_and_oversized_bodies_get_clean_errors() {
 // ---------------------------------------------------------------------------------------
 // The Monitor / MonitorRun authorization
 
-/// Grants of `use`, as (user, resource, name).
-struct Grants(BTreeSet<(String, String, String)>);
+/// Everyone may do everything: for tests about sealing, not about authorization.
+struct Everyone;
+
+impl Authorizer for Everyone {
+    async fn allowed(&self, _: &UserInfo, _: &AccessCheck<'_>) -> Result<bool, AuthorizeError> {
+        Ok(true)
+    }
+}
+
+/// Grants, as (user, verb, resource, name).
+struct Grants(BTreeSet<(String, String, String, String)>);
 
 impl Grants {
+    /// Grants of `use`, as (user, resource, name).
     fn new(grants: &[(&str, &str, &str)]) -> Self {
+        let with_use: Vec<_> = grants.iter().map(|(u, r, n)| (*u, "use", *r, *n)).collect();
+        Grants::with_verbs(&with_use)
+    }
+
+    fn with_verbs(grants: &[(&str, &str, &str, &str)]) -> Self {
         Grants(
             grants
                 .iter()
-                .map(|(u, r, n)| (u.to_string(), r.to_string(), n.to_string()))
+                .map(|(u, v, r, n)| (u.to_string(), v.to_string(), r.to_string(), n.to_string()))
                 .collect(),
         )
     }
@@ -681,17 +836,20 @@ impl Authorizer for Grants {
         assert_eq!(check.namespace, NS);
         let key = (
             user.username.clone().unwrap_or_default(),
+            check.verb.to_owned(),
             check.resource.as_str().to_owned(),
             check.name.to_owned(),
         );
-        Ok(check.verb == "use" && self.0.contains(&key))
+        Ok(self.0.contains(&key))
     }
 }
 
-/// The shop namespace: its items (name → section) and saved monitors.
+/// The shop namespace: its items (name → section), saved monitors and unfinished inline
+/// runs.
 struct Shop {
     sections: BTreeMap<String, String>,
     monitors: BTreeMap<String, MonitorSpec>,
+    runs: BTreeMap<String, MonitorSpec>,
     terminating: bool,
 }
 
@@ -708,6 +866,7 @@ impl Shop {
                 serde_json::from_value(shop_monitor_spec("https://shop.example.com/login"))
                     .expect("spec"),
             )]),
+            runs: BTreeMap::new(),
             terminating: false,
         }
     }
@@ -719,12 +878,20 @@ impl DeleteLookup for Shop {
         Ok(self.terminating)
     }
 
-    async fn live_monitors(
+    async fn monitors(
         &self,
         namespace: &str,
     ) -> Result<Vec<(String, MonitorSpec)>, AuthorizeError> {
         assert_eq!(namespace, NS);
         Ok(self.monitors.clone().into_iter().collect())
+    }
+
+    async fn unfinished_inline_runs(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<(String, MonitorSpec)>, AuthorizeError> {
+        assert_eq!(namespace, NS);
+        Ok(self.runs.clone().into_iter().collect())
     }
 
     async fn live_items_in_section(
@@ -742,14 +909,13 @@ impl DeleteLookup for Shop {
     }
 }
 
-impl ItemSectionLookup for Shop {
-    async fn section_of(
-        &self,
-        namespace: &str,
-        item: &str,
-    ) -> Result<Option<String>, AuthorizeError> {
+impl ItemLookup for Shop {
+    async fn item(&self, namespace: &str, name: &str) -> Result<Option<ItemFacts>, AuthorizeError> {
         assert_eq!(namespace, NS);
-        Ok(self.sections.get(item).cloned())
+        Ok(self.sections.get(name).map(|section| ItemFacts {
+            section: section.clone(),
+            uid: format!("uid-{name}"),
+        }))
     }
 }
 
@@ -1106,6 +1272,7 @@ fn shop_grants() -> Grants {
         ("alice", "vaultitems", ITEM),
         ("alice", "vaultitems", "shop-api-token"),
         ("bob", "vaultsections", "checkout"),
+        ("carol", "vaultsections", "payments"),
     ])
 }
 
@@ -1163,9 +1330,13 @@ async fn an_admitted_monitor_is_stamped_and_the_runner_can_verify_it() {
         .await
         .expect("the stamp verifies");
     assert_eq!(refs.user, "alice");
+    // Each item with the uid it had when alice was allowed.
     assert_eq!(
         refs.items,
-        BTreeSet::from(["shop-api-token".to_owned(), ITEM.to_owned()])
+        BTreeMap::from([
+            ("shop-api-token".to_owned(), "uid-shop-api-token".to_owned()),
+            (ITEM.to_owned(), format!("uid-{ITEM}")),
+        ])
     );
 }
 
@@ -1237,7 +1408,8 @@ async fn a_stamp_does_not_cover_a_changed_spec_another_name_or_no_stamp() {
     let text = stored["metadata"]["annotations"][STAMP_ANNOTATION]
         .as_str()
         .unwrap()
-        .replace("\"shop-api-token\",", "");
+        .replace("\"shop-api-token\":\"uid-shop-api-token\",", "");
+    assert!(!text.contains("shop-api-token"), "{text}");
     forged["metadata"]["annotations"][STAMP_ANNOTATION] = json!(text);
     let error = stamp::verify(keys, &typed::<Monitor>(&forged))
         .await
@@ -1311,7 +1483,7 @@ async fn a_run_named_by_generate_name_is_stamped_and_verifies_under_its_final_na
         .await
         .expect("verifies");
     assert_eq!(refs.user, "bob");
-    assert!(refs.items.contains(ITEM));
+    assert_eq!(refs.items.get(ITEM), Some(&format!("uid-{ITEM}")));
 
     // The same stamp on a name outside the prefix does not verify.
     stored["metadata"]["name"] = json!("other-x7k2p");
@@ -1363,10 +1535,25 @@ fn delete_request(kind: &str, resource: &str, name: &str) -> Value {
         "apiVersion": "monivault.io/v1alpha1", "kind": kind,
         "metadata": {"name": name, "namespace": NS},
     });
-    let mut delete = request(kind, resource, "DELETE", "alice", &old);
+    deletion(kind, resource, "alice", old)
+}
+
+/// `user` deletes the Secret item `name` of `section`, as stored.
+fn item_delete(user: &str, name: &str, section: &str) -> Value {
+    let old = json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"type": "Secret", "section": section, "secret": {"value": SECRET_MASK},
+                 "sealed": {"value": "mv2.s.1.AAAA"}},
+    });
+    deletion("VaultItem", "vaultitems", user, old)
+}
+
+fn deletion(kind: &str, resource: &str, user: &str, old: Value) -> Value {
+    let mut delete = request(kind, resource, "DELETE", user, &old);
     delete["object"] = Value::Null;
     delete["oldObject"] = old;
-    delete["name"] = json!(name);
+    delete["name"] = delete["oldObject"]["metadata"]["name"].clone();
     delete
 }
 
@@ -1376,7 +1563,7 @@ async fn an_item_a_monitor_uses_and_a_section_with_items_are_not_deleted() {
     let outcome = admit(
         &webhooks,
         Route::ValidateDeletes,
-        delete_request("VaultItem", "vaultitems", ITEM),
+        item_delete("alice", ITEM, "checkout"),
     )
     .await;
     assert!(!outcome.response.allowed);
@@ -1390,7 +1577,7 @@ async fn an_item_a_monitor_uses_and_a_section_with_items_are_not_deleted() {
     let outcome = admit(
         &webhooks,
         Route::ValidateDeletes,
-        delete_request("VaultItem", "vaultitems", "bank-token"),
+        item_delete("carol", "bank-token", "payments"),
     )
     .await;
     assert!(outcome.response.allowed, "{}", outcome.message());
@@ -1418,21 +1605,158 @@ async fn an_item_a_monitor_uses_and_a_section_with_items_are_not_deleted() {
     assert!(outcome.response.allowed, "{}", outcome.message());
 }
 
+/// `user` writes the shop item with `hosts`, over `old` hosts (`None`: a create).
+fn hosts_request(user: &str, old: Option<&[&str]>, hosts: &[&str]) -> Value {
+    let item = |hosts: &[&str]| {
+        let mut item = credential_set(Some(SECRET_MASK), Some("mv2.s.1.AAAA"));
+        item["spec"]["allowedHosts"] = json!(hosts);
+        item
+    };
+    let operation = if old.is_some() { "UPDATE" } else { "CREATE" };
+    let mut write = request("VaultItem", "vaultitems", operation, user, &item(hosts));
+    if let Some(old) = old {
+        write["oldObject"] = item(old);
+    }
+    write
+}
+
+#[tokio::test]
+async fn widening_allowed_hosts_needs_allowhosts_and_narrowing_does_not() {
+    let grants = Grants::with_verbs(&[
+        ("alice", "use", "vaultitems", ITEM),
+        ("dana", "allowhosts", "vaultsections", "checkout"),
+    ]);
+    let webhooks = Webhooks::with(Arc::new(keys().await), grants, Shop::new());
+    let shop = ["shop.example.com"];
+    // alice may use the item, and still may not send it somewhere new.
+    let outcome = admit(
+        &webhooks,
+        Route::ValidateVaultItems,
+        hosts_request("alice", Some(&shop), &["shop.example.com", "evil.example"]),
+    )
+    .await;
+    assert!(!outcome.response.allowed);
+    assert_eq!(outcome.response.result.code, 403);
+    let message = outcome.message();
+    assert!(message.contains("evil.example"), "{message}");
+    assert!(!message.contains("shop.example.com,"), "{message}");
+    assert!(message.contains("\"allowhosts\""), "{message}");
+    // Creating with hosts is widening from nothing.
+    let outcome = admit(
+        &webhooks,
+        Route::ValidateVaultItems,
+        hosts_request("alice", None, &shop),
+    )
+    .await;
+    assert_eq!(outcome.response.result.code, 403, "{}", outcome.message());
+    // Narrowing, or a host the list already covers, needs nothing.
+    for (old, new) in [
+        (&["shop.example.com", "api.example.com"][..], &shop[..]),
+        (&["*.example.com"][..], &["a.example.com"][..]),
+        (&shop[..], &[][..]),
+    ] {
+        let outcome = admit(
+            &webhooks,
+            Route::ValidateVaultItems,
+            hosts_request("mallory", Some(old), new),
+        )
+        .await;
+        assert!(
+            outcome.response.allowed,
+            "{old:?} -> {new:?}: {}",
+            outcome.message()
+        );
+    }
+    // dana holds allowhosts on the section.
+    for request in [
+        hosts_request(
+            "dana",
+            Some(&shop),
+            &["shop.example.com", "api.example.com"],
+        ),
+        hosts_request("dana", None, &shop),
+    ] {
+        let outcome = admit(&webhooks, Route::ValidateVaultItems, request).await;
+        assert!(outcome.response.allowed, "{}", outcome.message());
+    }
+}
+
+#[tokio::test]
+async fn deleting_an_item_that_holds_a_secret_needs_use_on_it() {
+    let webhooks = webhooks().await;
+    // mallory may edit, and would recreate the item in a section she may use.
+    let outcome = admit(
+        &webhooks,
+        Route::ValidateDeletes,
+        item_delete("mallory", "bank-token", "payments"),
+    )
+    .await;
+    assert!(!outcome.response.allowed);
+    assert_eq!(outcome.response.result.code, 403);
+    let message = outcome.message();
+    assert!(message.contains("\"mallory\""), "{message}");
+    assert!(message.contains("holds a secret"), "{message}");
+    assert!(message.contains("vaultsections/payments"), "{message}");
+    // alice may use shop-login by name, but not the payments section.
+    let outcome = admit(
+        &webhooks,
+        Route::ValidateDeletes,
+        item_delete("alice", "bank-token", "payments"),
+    )
+    .await;
+    assert_eq!(outcome.response.result.code, 403, "{}", outcome.message());
+    // A public Certificate item holds no secret: edit is enough.
+    let certificate = json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": "shop-ca", "namespace": NS},
+        "spec": {"type": "Certificate", "section": "payments", "certificate": {"pem": "x"}},
+    });
+    let outcome = admit(
+        &webhooks,
+        Route::ValidateDeletes,
+        deletion("VaultItem", "vaultitems", "mallory", certificate),
+    )
+    .await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+}
+
+#[tokio::test]
+async fn an_unfinished_run_and_a_monitor_being_deleted_still_use_their_items() {
+    let mut shop = Shop::new();
+    shop.runs.insert(
+        "test-now-1".into(),
+        serde_json::from_value(json!({
+            "url": "https://bank.example.com/",
+            "auth": {"bearer": {"secret": "bank-token"}},
+        }))
+        .expect("spec"),
+    );
+    let webhooks = webhooks_with(shop).await;
+    let outcome = admit(
+        &webhooks,
+        Route::ValidateDeletes,
+        item_delete("carol", "bank-token", "payments"),
+    )
+    .await;
+    assert_eq!(outcome.response.result.code, 409, "{}", outcome.message());
+    assert!(
+        outcome.message().contains("MonitorRun(s) test-now-1"),
+        "{}",
+        outcome.message()
+    );
+}
+
 #[tokio::test]
 async fn a_terminating_namespace_is_never_held_up() {
     let mut shop = Shop::new();
     shop.terminating = true;
     let webhooks = webhooks_with(shop).await;
-    for (kind, resource, name) in [
-        ("VaultItem", "vaultitems", ITEM),
-        ("VaultSection", "vaultsections", "checkout"),
+    for request in [
+        item_delete("mallory", ITEM, "checkout"),
+        delete_request("VaultSection", "vaultsections", "checkout"),
     ] {
-        let outcome = admit(
-            &webhooks,
-            Route::ValidateDeletes,
-            delete_request(kind, resource, name),
-        )
-        .await;
+        let kind = request["kind"]["kind"].clone();
+        let outcome = admit(&webhooks, Route::ValidateDeletes, request).await;
         assert!(outcome.response.allowed, "{kind}: {}", outcome.message());
     }
 }
@@ -1489,7 +1813,7 @@ fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
         "[a-zA-Z0-9{}@. \"\\\\*-]{0,16}".prop_map(Value::from),
         Just(json!("{{@VaultItem.shop-login.Password}}")),
         Just(json!("*****")),
-        Just(json!("mv1.s.1.AAAA")),
+        Just(json!("mv2.s.1.AAAA")),
     ];
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![

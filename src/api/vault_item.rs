@@ -486,7 +486,7 @@ macro_rules! sealed_rule {
         Rule::new("self.matches('^mv[0-9]+\\\\.s\\\\.[0-9]+\\\\.[A-Za-z0-9_-]+$')").message(concat!(
             "sealed.",
             $field,
-            " must be a value printed by monivault seal (mv1.s.<key version>.<data>), never a plaintext"
+            " must be a value printed by monivault seal (mv2.s.<key version>.<data>), never a plaintext"
         ))
     };
 }
@@ -868,8 +868,8 @@ mod tests {
     fn set_sealed_creates_the_sealed_object() {
         let mut spec = spec_with(ItemType::Secret);
         spec.sealed = None;
-        spec.set_sealed(SecretField::Value, "mv1.s.1.AAAA".into());
-        assert_eq!(spec.sealed_value(SecretField::Value), Some("mv1.s.1.AAAA"));
+        spec.set_sealed(SecretField::Value, "mv2.s.1.AAAA".into());
+        assert_eq!(spec.sealed_value(SecretField::Value), Some("mv2.s.1.AAAA"));
         assert_eq!(spec.sealed_value(SecretField::Password), None);
     }
 
@@ -899,11 +899,11 @@ mod tests {
     fn the_sealed_keys_are_the_secret_field_names() {
         let mut sealed = SealedFields::default();
         for field in SecretField::ALL {
-            sealed.set(field, format!("mv1.s.1.{}", field.as_str()));
+            sealed.set(field, format!("mv2.s.1.{}", field.as_str()));
         }
         let json = serde_json::to_value(&sealed).unwrap();
         for field in SecretField::ALL {
-            assert_eq!(json[field.as_str()], format!("mv1.s.1.{}", field.as_str()));
+            assert_eq!(json[field.as_str()], format!("mv2.s.1.{}", field.as_str()));
         }
     }
 

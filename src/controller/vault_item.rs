@@ -237,6 +237,8 @@ async fn ingest<S: Store>(
         };
         let binding = SealBinding {
             namespace,
+            section: &item.spec.section,
+            item_type: item.spec.item_type.as_str(),
             item: &name,
             field: field.as_str(),
         };
@@ -418,11 +420,11 @@ mod tests {
     fn digest_changes_with_any_sealed_value_or_uid() {
         let spec: VaultItemSpec = serde_json::from_value(json!({
             "type": "Secret", "section": "s", "secret": {"value": "*****"},
-            "sealed": {"value": "mv1.s.1.AAAA"}
+            "sealed": {"value": "mv2.s.1.AAAA"}
         }))
         .expect("spec");
         let mut other = spec.clone();
-        other.set_sealed(SecretField::Value, "mv1.s.1.AAAB".into());
+        other.set_sealed(SecretField::Value, "mv2.s.1.AAAB".into());
         let a = source_digest("uid-1", &spec);
         assert_eq!(a, source_digest("uid-1", &spec));
         assert_ne!(a, source_digest("uid-2", &spec));

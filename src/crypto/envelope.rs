@@ -1,15 +1,18 @@
-//! The text form of ciphertexts: `mv1.<kind>.<key version>.<base64url payload>`.
+//! The text form of ciphertexts: `<format>.<kind>.<key version>.<base64url payload>`.
 //!
-//! `mv1` is the format version; a later format gets a new prefix and this parser refuses
-//! it instead of misreading it. The key version is in the clear so the right key can be
-//! found, and it is also bound into the AAD, so editing it makes opening fail.
+//! The format is versioned per kind: stored data is `mv1.d.`, sealed values are `mv2.s.`
+//! (`mv2` binds the section and item type; `mv1.s.` values did not, so they are refused
+//! with a message that says to seal again). An unknown format is refused, never misread.
+//! The key version is in the clear so the right key can be found, and it is also bound
+//! into the AAD, so editing it makes opening fail.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::CryptoError;
 
-const FORMAT: &str = "mv1";
+/// The sealed-value format that no longer opens: it did not bind the section.
+const OUTDATED_SEALED_FORMAT: &str = "mv1";
 
 /// What an envelope holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,14 @@ impl EnvelopeKind {
         }
     }
 
+    /// The current format prefix of this kind.
+    fn format(self) -> &'static str {
+        match self {
+            EnvelopeKind::Data => "mv1",
+            EnvelopeKind::Sealed => "mv2",
+        }
+    }
+
     fn from_tag(tag: &str) -> Option<Self> {
         match tag {
             "d" => Some(EnvelopeKind::Data),
@@ -51,7 +62,8 @@ pub(crate) struct Envelope {
 
 pub(crate) fn encode(kind: EnvelopeKind, version: u32, payload: &[u8]) -> String {
     format!(
-        "{FORMAT}.{}.{version}.{}",
+        "{}.{}.{version}.{}",
+        kind.format(),
         kind.tag(),
         URL_SAFE_NO_PAD.encode(payload)
     )
@@ -89,13 +101,19 @@ fn split<'a>(
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(malformed(
-            "expected mv1.<kind>.<version>.<payload>, as `monivault seal` prints",
+            "expected <format>.<kind>.<version>.<payload>, as `monivault seal` prints",
         ));
     };
-    if format != FORMAT {
-        return Err(malformed("unknown format (expected prefix mv1)"));
-    }
     let kind = EnvelopeKind::from_tag(kind).ok_or(malformed("unknown envelope kind"))?;
+    if kind == EnvelopeKind::Sealed && format == OUTDATED_SEALED_FORMAT {
+        return Err(CryptoError::OutdatedSealedFormat);
+    }
+    if format != kind.format() {
+        return Err(malformed(match kind {
+            EnvelopeKind::Data => "unknown format (expected prefix mv1)",
+            EnvelopeKind::Sealed => "unknown format (expected prefix mv2)",
+        }));
+    }
     // Digits only: `u32::from_str` would also take a leading '+', giving two spellings.
     if version.is_empty() || version.len() > 10 || !version.bytes().all(|b| b.is_ascii_digit()) {
         return Err(malformed("key version is not a number"));
@@ -135,6 +153,8 @@ mod tests {
             "mv1.d",
             "mv1.d.1",
             "mv2.d.1.AAAA",
+            "mv1.s.1.AAAA",
+            "mv3.s.1.AAAA",
             "mv1.x.1.AAAA",
             "mv1.d.+1.AAAA",
             "mv1.d.-1.AAAA",
@@ -147,6 +167,17 @@ mod tests {
                 "{bad:?} should not decode"
             );
         }
+    }
+
+    #[test]
+    fn an_outdated_sealed_value_says_to_seal_again() {
+        assert_eq!(
+            decode(EnvelopeKind::Sealed, "mv1.s.1.AAAA").err(),
+            Some(CryptoError::OutdatedSealedFormat)
+        );
+        assert!(encode(EnvelopeKind::Sealed, 3, b"x").starts_with("mv2.s.3."));
+        let message = CryptoError::OutdatedSealedFormat.to_string();
+        assert!(message.contains("--section"), "{message}");
     }
 
     #[test]

@@ -10,6 +10,11 @@ pub enum CryptoError {
         reason: &'static str,
     },
 
+    #[error(
+        "sealed with format mv1, which did not bind the item's section and type and is no longer accepted: seal the value again with monivault seal --section"
+    )]
+    OutdatedSealedFormat,
+
     #[error("expected a {expected} envelope, found a {found} one")]
     WrongEnvelopeKind {
         expected: &'static str,

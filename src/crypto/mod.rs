@@ -12,7 +12,7 @@
 //! RootKey (versioned, one per installation)
 //!   └─ wraps, per environment (= namespace), versioned:
 //!        ├─ data key (AES-256-GCM)    → DataCipher: item ciphertext in the store ("mv1.d.")
-//!        └─ sealing key pair (X-Wing) → seal()/SealingOpener: HPKE envelopes ("mv1.s.")
+//!        └─ sealing key pair (X-Wing) → seal()/SealingOpener: HPKE envelopes ("mv2.s.")
 //! ```
 
 mod aad;

@@ -27,22 +27,32 @@ type PrivateKey = <Kem as hpke::Kem>::PrivateKey;
 type EncappedKey = <Kem as hpke::Kem>::EncappedKey;
 
 const PUBLIC_KEY_PREFIX: &str = "mvpk1";
-const INFO: &[u8] = b"monivault/v1/seal";
+const INFO: &[u8] = b"monivault/v2/seal";
 /// X-Wing's encapsulated key is 1120 bytes.
 const ENCAPPED_LEN: usize = 1120;
 
 /// What a sealed value is bound to. No uid: sealing happens before the item exists.
+///
+/// The section is bound because `use` may be granted per section: a value that opened in
+/// any section of its namespace could be copied into an item recreated in a section the
+/// copier may use. The item type is bound so a value never changes meaning (a field name
+/// implies its type today; binding both keeps that true if types ever share a field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealBinding<'a> {
     pub namespace: &'a str,
+    pub section: &'a str,
+    /// The item type's name as in the spec, e.g. `CredentialSet`.
+    pub item_type: &'a str,
     pub item: &'a str,
     pub field: &'a str,
 }
 
 impl SealBinding<'_> {
     fn aad(&self, version: u32) -> Aad {
-        let mut aad = Aad::new("monivault/v1/sealed");
+        let mut aad = Aad::new("monivault/v2/sealed");
         aad.str(self.namespace)
+            .str(self.section)
+            .str(self.item_type)
             .str(self.item)
             .str(self.field)
             .u32(version);
@@ -125,7 +135,7 @@ impl fmt::Debug for SealingPublicKey {
     }
 }
 
-/// Seals a plaintext for one item field into a `mv1.s.<version>.…` envelope. Offline and
+/// Seals a plaintext for one item field into a `mv2.s.<version>.…` envelope. Offline and
 /// stateless: this is all `monivault seal` does.
 pub fn seal(
     public_key: &SealingPublicKey,
@@ -190,8 +200,8 @@ impl SealingOpener {
         }
     }
 
-    /// Opens a sealed value. Fails if it was sealed for another namespace, item, field or
-    /// key version, or altered in any byte.
+    /// Opens a sealed value. Fails if it was sealed for another namespace, section, item
+    /// type, item, field or key version, or altered in any byte.
     pub fn open(&self, binding: &SealBinding<'_>, text: &str) -> Result<Plaintext, CryptoError> {
         if binding.namespace != self.namespace {
             return Err(CryptoError::NamespaceMismatch {

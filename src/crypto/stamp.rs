@@ -4,7 +4,7 @@
 //! The message is a length-prefixed encoding of every claim, so no two different claim
 //! sets encode alike (a name ending where an item begins cannot be shifted).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -12,7 +12,7 @@ use sha2::Sha256;
 use super::keys::RootKey;
 
 const PURPOSE: &str = "monivault/v1/admission-stamp";
-const DOMAIN: &[u8] = b"monivault admission stamp v1";
+const DOMAIN: &[u8] = b"monivault admission stamp v2";
 
 /// The object the stamp is for: its name, or while a `generateName` is still pending (the
 /// API server names the object after mutating admission), the prefix.
@@ -22,8 +22,9 @@ pub enum StampedName<'a> {
     GenerateName(&'a str),
 }
 
-/// What a stamp vouches for: `user` was allowed to have this `kind` in `namespace`, named
-/// `name`, with the spec whose digest is `spec_digest`, carry `items`.
+/// What a stamp vouches for: `user` was allowed, at `issued_at`, to have this `kind` in
+/// `namespace`, named `name`, with the spec whose digest is `spec_digest`, carry `items`
+/// (each name with the uid the item had then).
 #[derive(Clone, Copy, Debug)]
 pub struct StampClaims<'a> {
     pub kind: &'a str,
@@ -31,8 +32,10 @@ pub struct StampClaims<'a> {
     pub name: StampedName<'a>,
     /// SHA-256 of the spec's canonical JSON.
     pub spec_digest: &'a [u8; 32],
-    pub items: &'a BTreeSet<String>,
+    pub items: &'a BTreeMap<String, String>,
     pub user: &'a str,
+    /// Unix seconds.
+    pub issued_at: i64,
 }
 
 impl StampClaims<'_> {
@@ -62,10 +65,12 @@ impl StampClaims<'_> {
         }
         field(self.spec_digest);
         field(&(self.items.len() as u64).to_be_bytes());
-        for item in self.items {
+        for (item, uid) in self.items {
             field(item.as_bytes());
+            field(uid.as_bytes());
         }
         field(self.user.as_bytes());
+        field(&self.issued_at.to_be_bytes());
         mac
     }
 
@@ -90,7 +95,8 @@ mod tests {
 
     #[test]
     fn every_claim_is_bound() {
-        let items: BTreeSet<String> = ["a".into(), "b".into()].into();
+        let items: BTreeMap<String, String> =
+            [("a".into(), "uid-a".into()), ("b".into(), String::new())].into();
         let digest = [7u8; 32];
         let claims = StampClaims {
             kind: "Monitor",
@@ -99,13 +105,17 @@ mod tests {
             spec_digest: &digest,
             items: &items,
             user: "alice",
+            issued_at: 1_700_000_000,
         };
         let tag = claims.sign(&root(1));
         assert!(claims.verify(&root(1), &tag));
         assert!(!claims.verify(&root(2), &tag), "another root key");
 
-        let other_items: BTreeSet<String> = ["a".into()].into();
-        let shifted: BTreeSet<String> = ["ab".into()].into();
+        let other_items: BTreeMap<String, String> = [("a".into(), "uid-a".into())].into();
+        let shifted: BTreeMap<String, String> =
+            [("a".into(), "uid-ab".into()), ("b".into(), String::new())].into();
+        let other_uid: BTreeMap<String, String> =
+            [("a".into(), "uid-a2".into()), ("b".into(), String::new())].into();
         let other_digest = [8u8; 32];
         let variants = [
             StampClaims {
@@ -137,7 +147,15 @@ mod tests {
                 ..claims
             },
             StampClaims {
+                items: &other_uid,
+                ..claims
+            },
+            StampClaims {
                 user: "mallory",
+                ..claims
+            },
+            StampClaims {
+                issued_at: 1_700_000_001,
                 ..claims
             },
         ];

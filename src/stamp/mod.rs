@@ -19,7 +19,7 @@
 //! A room of its own because both the webhook and the runner need it, and neither may
 //! import the other. It imports `api`, `crypto` and `store`, and nothing else.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -51,16 +51,31 @@ impl StampKind {
 
 /// The annotation that holds the stamp.
 pub const STAMP_ANNOTATION: &str = "monivault.io/admission-stamp";
-const STAMP_FORMAT: u32 = 1;
+/// 2: items carry their uids, and the stamp its time of issue.
+const STAMP_FORMAT: u32 = 2;
 
 /// What a valid stamp authorizes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthorizedRefs {
     /// Who was allowed to have the object carry the items.
     pub user: String,
-    /// The items the object may carry. For a `MonitorRun` of a saved monitor, the items
+    /// The items the object may carry, each with its uid at admission: the runner uses an
+    /// item only while it is that same object. An empty uid marks an item that did not
+    /// exist then, so only a grant on its name can have allowed it, and that grant covers
+    /// whatever item later takes the name. For a `MonitorRun` of a saved monitor, the items
     /// that monitor carried when the run was created.
-    pub items: BTreeSet<String>,
+    pub items: BTreeMap<String, String>,
+    /// When the stamp was made (Unix seconds).
+    pub issued_at: i64,
+    /// The MAC, which identifies this stamp: a run's stamp is used by one run only.
+    pub mac: String,
+}
+
+impl AuthorizedRefs {
+    /// The names of the items.
+    pub fn names(&self) -> BTreeSet<String> {
+        self.items.keys().cloned().collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +119,10 @@ struct StampText {
     /// The root key version the MAC key is derived from.
     key: u32,
     user: String,
-    items: BTreeSet<String>,
+    /// Item name → uid at admission (empty: no such item then).
+    items: BTreeMap<String, String>,
+    /// Unix seconds.
+    iat: i64,
     /// Set when the object had only a `generateName` at admission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     generate_name: Option<String>,
@@ -167,10 +185,10 @@ pub async fn verify<S: Store>(
     let carried = referenced_items(&monitor.spec).map_err(|e| spec_error(e.to_string()))?;
     let namespace = monitor.metadata.namespace.as_deref().unwrap_or_default();
     let refs = check_stamp(keys, kind, namespace, &monitor.metadata, &digest, None).await?;
-    if refs.items != carried {
+    if refs.names() != carried {
         return Err(StampError::ItemsDiffer {
             kind: kind.as_str(),
-            stamped: refs.items,
+            stamped: refs.names(),
             carried,
         });
     }
@@ -194,10 +212,10 @@ pub async fn verify_run<S: Store>(
     let refs = check_stamp(keys, kind, namespace, &run.metadata, &digest, None).await?;
     if let Some(inline) = &run.spec.monitor {
         let carried = referenced_items(inline).map_err(|e| spec_error(e.to_string()))?;
-        if !carried.is_subset(&refs.items) {
+        if carried != refs.names() {
             return Err(StampError::ItemsDiffer {
                 kind: kind.as_str(),
-                stamped: refs.items,
+                stamped: refs.names(),
                 carried,
             });
         }
@@ -205,15 +223,33 @@ pub async fn verify_run<S: Store>(
     Ok(refs)
 }
 
+/// What a new stamp vouches for.
+pub struct NewStamp<'a> {
+    pub kind: StampKind,
+    pub namespace: &'a str,
+    pub name: StampedName<'a>,
+    pub spec_digest: &'a [u8; 32],
+    /// Item name → uid at admission (empty: no such item).
+    pub items: BTreeMap<String, String>,
+    pub user: String,
+    /// Unix seconds.
+    pub issued_at: i64,
+}
+
+/// Signs `stamp` under the current root key: the annotation's text.
 pub async fn make_stamp<S: Store>(
     keys: &Keys<S>,
-    kind: StampKind,
-    namespace: &str,
-    name: StampedName<'_>,
-    spec_digest: &[u8; 32],
-    items: BTreeSet<String>,
-    user: String,
+    stamp: NewStamp<'_>,
 ) -> Result<String, StampError> {
+    let NewStamp {
+        kind,
+        namespace,
+        name,
+        spec_digest,
+        items,
+        user,
+        issued_at,
+    } = stamp;
     let root = keys.current_root().await?;
     let claims = StampClaims {
         kind: kind.as_str(),
@@ -222,6 +258,7 @@ pub async fn make_stamp<S: Store>(
         spec_digest,
         items: &items,
         user: &user,
+        issued_at,
     };
     let mac = URL_SAFE_NO_PAD.encode(claims.sign(&root));
     let text = StampText {
@@ -229,6 +266,7 @@ pub async fn make_stamp<S: Store>(
         key: root.version(),
         user,
         items,
+        iat: issued_at,
         generate_name: match name {
             StampedName::GenerateName(prefix) => Some(prefix.to_owned()),
             StampedName::Name(_) => None,
@@ -265,7 +303,9 @@ pub async fn check_stamp<S: Store>(
     let stamp: StampText = serde_json::from_str(text)
         .map_err(|_| malformed("expected the JSON that monivault writes"))?;
     if stamp.v != STAMP_FORMAT {
-        return Err(malformed("unknown stamp format"));
+        return Err(malformed(
+            "made by another version of monivault; someone allowed to use its vault items must apply it again",
+        ));
     }
     let mac = URL_SAFE_NO_PAD
         .decode(&stamp.mac)
@@ -294,6 +334,7 @@ pub async fn check_stamp<S: Store>(
         spec_digest: digest,
         items: &stamp.items,
         user: &stamp.user,
+        issued_at: stamp.iat,
     };
     if !claims.verify(&root, &mac) {
         return Err(StampError::Mismatch { kind: kind_name });
@@ -301,6 +342,8 @@ pub async fn check_stamp<S: Store>(
     Ok(AuthorizedRefs {
         user: stamp.user,
         items: stamp.items,
+        issued_at: stamp.iat,
+        mac: stamp.mac,
     })
 }
 

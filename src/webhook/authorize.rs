@@ -11,10 +11,14 @@
 //! cannot move a secret. Deletes are for the delete guards.
 //!
 //! The decision is pure over three small traits, so it is unit-tested with tables:
-//! [`Authorizer`] (a SubjectAccessReview in production), [`ItemSectionLookup`] and
+//! [`Authorizer`] (a SubjectAccessReview in production), [`ItemLookup`] and
 //! [`MonitorLookup`]. Independent reviews run concurrently.
+//!
+//! Every item the new object carries is looked up, so the stamp can bind each item's uid:
+//! an item deleted and recreated under the same name (possibly in another section) after
+//! admission is not the item that was authorized, and the runner refuses it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 
@@ -36,6 +40,11 @@ use crate::stamp::spec_digest;
 
 /// The custom RBAC verb that lets a user have a monitor carry an item.
 pub const USE_VERB: &str = "use";
+
+/// The custom RBAC verb that lets a user add hosts to an item's `allowedHosts`. Never
+/// aggregated into `edit` or `admin`: widening where a secret may go is a decision of its
+/// own, apart from using it.
+pub const ALLOW_HOSTS_VERB: &str = "allowhosts";
 
 /// The resources a `use` grant can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,14 +108,23 @@ pub trait Authorizer: Send + Sync {
     ) -> impl Future<Output = Result<bool, AuthorizeError>> + Send;
 }
 
-/// The section of a vault item, for the section-wide grant.
-pub trait ItemSectionLookup: Send + Sync {
+/// What authorization needs to know about a stored vault item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemFacts {
+    /// For the section-wide grant.
+    pub section: String,
+    /// Bound into the stamp.
+    pub uid: String,
+}
+
+/// Stored vault items, by name.
+pub trait ItemLookup: Send + Sync {
     /// `None` if there is no such item (then only a grant on the item's name can allow it).
-    fn section_of(
+    fn item(
         &self,
         namespace: &str,
-        item: &str,
-    ) -> impl Future<Output = Result<Option<String>, AuthorizeError>> + Send;
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ItemFacts>, AuthorizeError>> + Send;
 }
 
 /// The spec of a saved monitor, for a `MonitorRun` of it.
@@ -196,7 +214,7 @@ pub async fn authorize_monitor_write<A, I, M>(
 ) -> AdmissionResponse
 where
     A: Authorizer,
-    I: ItemSectionLookup,
+    I: ItemLookup,
     M: MonitorLookup,
 {
     match decide(authorizer, sections, monitors, request).await {
@@ -217,8 +235,9 @@ pub(crate) enum Decision {
 pub(crate) struct Authorized {
     pub kind: Kind,
     pub namespace: String,
-    /// The items the new object carries.
-    pub items: BTreeSet<String>,
+    /// The items the new object carries, with each one's uid at admission (empty for an
+    /// item that did not exist: only a grant on its name can have allowed it).
+    pub items: BTreeMap<String, String>,
     /// The new object's spec digest ([`super::monitors::spec_digest`]).
     pub spec_digest: [u8; 32],
 }
@@ -231,7 +250,7 @@ pub(crate) async fn decide<A, I, M>(
 ) -> Result<Decision, Refusal>
 where
     A: Authorizer,
-    I: ItemSectionLookup,
+    I: ItemLookup,
     M: MonitorLookup,
 {
     let kind = kind_of(request)?;
@@ -258,13 +277,26 @@ where
                 .items,
         );
     }
+    let facts = look_up(sections, namespace, &items).await?;
     let denied =
-        unauthorized_items(authorizer, sections, &request.user_info, namespace, &items).await?;
+        unauthorized_items(authorizer, &request.user_info, USE_VERB, namespace, &facts).await?;
     if denied.is_empty() {
+        let items = new
+            .items
+            .into_iter()
+            .map(|item| {
+                let uid = facts
+                    .get(&item)
+                    .and_then(|f| f.as_ref())
+                    .map(|f| f.uid.clone())
+                    .unwrap_or_default();
+                (item, uid)
+            })
+            .collect();
         return Ok(Decision::Authorized(Authorized {
             kind,
             namespace: namespace.to_owned(),
-            items: new.items,
+            items,
             spec_digest: new.spec_digest,
         }));
     }
@@ -358,25 +390,34 @@ async fn references<M: MonitorLookup>(
     Ok(refs)
 }
 
-/// The items of `items` that `user` may not use, sorted. An item is allowed by `use` on
-/// `vaultitems/<item>`, or else by `use` on `vaultsections/<its section>`. Items are
-/// checked at once, and each section is asked about once however many of the items it
-/// holds; the first failed review fails the whole decision.
-pub async fn unauthorized_items<A, I>(
-    authorizer: &A,
-    sections: &I,
-    user: &UserInfo,
+/// Looks every item up at once.
+pub async fn look_up<I: ItemLookup>(
+    lookup: &I,
     namespace: &str,
     items: &BTreeSet<String>,
-) -> Result<Vec<String>, AuthorizeError>
-where
-    A: Authorizer,
-    I: ItemSectionLookup,
-{
+) -> Result<BTreeMap<String, Option<ItemFacts>>, AuthorizeError> {
+    let found = join_all(items.iter().map(|item| async move {
+        Ok::<_, AuthorizeError>((item.clone(), lookup.item(namespace, item).await?))
+    }))
+    .await;
+    found.into_iter().collect()
+}
+
+/// The items that `user` may not `verb`, sorted. An item is allowed by `verb` on
+/// `vaultitems/<item>`, or else by `verb` on `vaultsections/<its section>`. Items are
+/// checked at once, and each section is asked about once however many of the items it
+/// holds; the first failed review fails the whole decision.
+pub async fn unauthorized_items<A: Authorizer>(
+    authorizer: &A,
+    user: &UserInfo,
+    verb: &str,
+    namespace: &str,
+    items: &BTreeMap<String, Option<ItemFacts>>,
+) -> Result<Vec<String>, AuthorizeError> {
     // By name first; the section of an item not allowed by name.
-    let by_name = items.iter().map(|item| async move {
+    let by_name = items.iter().map(|(item, facts)| async move {
         let check = AccessCheck {
-            verb: USE_VERB,
+            verb,
             namespace,
             resource: VaultResource::VaultItems,
             name: item,
@@ -384,18 +425,18 @@ where
         if authorizer.allowed(user, &check).await? {
             return Ok(None);
         }
-        let section = sections.section_of(namespace, item).await?;
+        let section = facts.as_ref().map(|f| f.section.as_str());
         Ok::<_, AuthorizeError>(Some((item.clone(), section)))
     });
-    let mut pending: Vec<(String, Option<String>)> = Vec::new();
+    let mut pending: Vec<(String, Option<&str>)> = Vec::new();
     for outcome in join_all(by_name).await {
         pending.extend(outcome?);
     }
 
-    let wanted: BTreeSet<&str> = pending.iter().filter_map(|(_, s)| s.as_deref()).collect();
+    let wanted: BTreeSet<&str> = pending.iter().filter_map(|(_, s)| *s).collect();
     let by_section = wanted.into_iter().map(|section| async move {
         let check = AccessCheck {
-            verb: USE_VERB,
+            verb,
             namespace,
             resource: VaultResource::VaultSections,
             name: section,
@@ -407,21 +448,41 @@ where
     for outcome in join_all(by_section).await {
         let (section, allowed) = outcome?;
         if allowed {
-            allowed_sections.insert(section.to_owned());
+            allowed_sections.insert(section);
         }
     }
 
     let mut denied: Vec<String> = pending
         .into_iter()
-        .filter(|(_, section)| {
-            !section
-                .as_ref()
-                .is_some_and(|s| allowed_sections.contains(s))
-        })
+        .filter(|(_, section)| !section.is_some_and(|s| allowed_sections.contains(s)))
         .map(|(item, _)| item)
         .collect();
     denied.sort();
     Ok(denied)
+}
+
+/// Whether `user` may `verb` the item `item` of `section`: on `vaultitems/<item>`, or else
+/// on `vaultsections/<section>`.
+pub async fn may_on_item<A: Authorizer>(
+    authorizer: &A,
+    user: &UserInfo,
+    verb: &str,
+    namespace: &str,
+    item: &str,
+    section: &str,
+) -> Result<bool, AuthorizeError> {
+    let items = BTreeMap::from([(
+        item.to_owned(),
+        Some(ItemFacts {
+            section: section.to_owned(),
+            uid: String::new(),
+        }),
+    )]);
+    Ok(
+        unauthorized_items(authorizer, user, verb, namespace, &items)
+            .await?
+            .is_empty(),
+    )
 }
 
 fn user_name(user: &UserInfo) -> String {
@@ -488,7 +549,7 @@ impl Authorizer for SubjectAccessReviewAuthorizer {
     }
 }
 
-/// [`ItemSectionLookup`] and [`MonitorLookup`] by reading the objects from the API server.
+/// [`ItemLookup`] and [`MonitorLookup`] by reading the objects from the API server.
 #[derive(Clone)]
 pub struct KubeLookup {
     pub(crate) client: Client,
@@ -500,21 +561,20 @@ impl KubeLookup {
     }
 }
 
-impl ItemSectionLookup for KubeLookup {
-    async fn section_of(
-        &self,
-        namespace: &str,
-        item: &str,
-    ) -> Result<Option<String>, AuthorizeError> {
+impl ItemLookup for KubeLookup {
+    async fn item(&self, namespace: &str, name: &str) -> Result<Option<ItemFacts>, AuthorizeError> {
         let api: Api<VaultItem> = Api::namespaced(self.client.clone(), namespace);
         let found = api
-            .get_opt(item)
+            .get_opt(name)
             .await
             .map_err(|source| AuthorizeError::Lookup {
-                what: format!("VaultItem {namespace}/{item}"),
+                what: format!("VaultItem {namespace}/{name}"),
                 source,
             })?;
-        Ok(found.map(|item| item.spec.section))
+        Ok(found.map(|item| ItemFacts {
+            uid: item.metadata.uid.clone().unwrap_or_default(),
+            section: item.spec.section,
+        }))
     }
 }
 

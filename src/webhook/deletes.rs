@@ -1,6 +1,10 @@
 //! The delete guards: a `VaultItem` that a monitor still uses, and a `VaultSection` that
 //! still holds items, are not deleted. Either would leave a monitor that fails at its next
-//! run for a reason nobody chose.
+//! run for a reason nobody chose. A monitor being deleted (a finalizer holds it) and a
+//! MonitorRun that has not finished still use their items.
+//!
+//! Deleting an item that holds a secret also needs `use` on it: whoever deletes an item can
+//! create another of the same name, and the delete must not become a way around `use`.
 //!
 //! They never hold up a namespace that is being deleted: every delete there is allowed, or
 //! the namespace would never finish.
@@ -11,10 +15,10 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
 use kube::core::admission::{AdmissionResponse, Operation};
 
-use super::authorize::AuthorizeError;
-use super::{KubeLookup, Request, refuse};
+use super::authorize::{AuthorizeError, Authorizer, USE_VERB, may_on_item};
+use super::{KubeLookup, Request, parse_part, refuse};
 use crate::api::template::referenced_items;
-use crate::api::{GROUP, Monitor, MonitorSpec, VaultItem};
+use crate::api::{GROUP, Monitor, MonitorRun, MonitorSpec, VaultItem, VaultItemSpec};
 
 /// How many names a refusal lists before it says "and N more".
 const LISTED: usize = 10;
@@ -27,8 +31,15 @@ pub trait DeleteLookup: Send + Sync {
         namespace: &str,
     ) -> impl Future<Output = Result<bool, AuthorizeError>> + Send;
 
-    /// The monitors in `namespace` that are not being deleted, with their specs.
-    fn live_monitors(
+    /// The monitors in `namespace`, those being deleted included (a finalizer may keep
+    /// one running), with their specs.
+    fn monitors(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Vec<(String, MonitorSpec)>, AuthorizeError>> + Send;
+
+    /// The MonitorRuns in `namespace` that have not finished and carry an inline spec.
+    fn unfinished_inline_runs(
         &self,
         namespace: &str,
     ) -> impl Future<Output = Result<Vec<(String, MonitorSpec)>, AuthorizeError>> + Send;
@@ -41,8 +52,20 @@ pub trait DeleteLookup: Send + Sync {
     ) -> impl Future<Output = Result<Vec<String>, AuthorizeError>> + Send;
 }
 
+/// Why a delete is refused.
+enum Refusal {
+    /// Something still needs the object (409).
+    InUse(String),
+    /// The requester may not use the secret the item holds (403).
+    NotAllowed(String),
+}
+
 /// The validating webhook for `VaultItem` and `VaultSection` deletes.
-pub async fn guard_delete<L: DeleteLookup>(lookup: &L, request: &Request) -> AdmissionResponse {
+pub async fn guard_delete<A: Authorizer, L: DeleteLookup>(
+    authorizer: &A,
+    lookup: &L,
+    request: &Request,
+) -> AdmissionResponse {
     let allowed = AdmissionResponse::from(request);
     if request.operation != Operation::Delete || request.kind.group != GROUP {
         return allowed;
@@ -54,9 +77,10 @@ pub async fn guard_delete<L: DeleteLookup>(lookup: &L, request: &Request) -> Adm
     let (Some(namespace), name) = (request.namespace.as_deref(), request.name.as_str()) else {
         return allowed;
     };
-    match decide(lookup, kind, namespace, name).await {
+    match decide(authorizer, lookup, request, kind, namespace, name).await {
         Ok(None) => allowed,
-        Ok(Some(message)) => refuse(request, 409, "Conflict", &message),
+        Ok(Some(Refusal::InUse(message))) => refuse(request, 409, "Conflict", &message),
+        Ok(Some(Refusal::NotAllowed(message))) => refuse(request, 403, "Forbidden", &message),
         Err(e) => {
             tracing::warn!(uid = %request.uid, error = %e, "delete guard lookup failed");
             refuse(
@@ -70,43 +94,83 @@ pub async fn guard_delete<L: DeleteLookup>(lookup: &L, request: &Request) -> Adm
 }
 
 /// `Some(why)` when the delete must be refused.
-async fn decide<L: DeleteLookup>(
+async fn decide<A: Authorizer, L: DeleteLookup>(
+    authorizer: &A,
     lookup: &L,
+    request: &Request,
     kind: &str,
     namespace: &str,
     name: &str,
-) -> Result<Option<String>, AuthorizeError> {
+) -> Result<Option<Refusal>, AuthorizeError> {
     if lookup.namespace_terminating(namespace).await? {
         return Ok(None);
     }
     if kind == "VaultItem" {
-        let mut users: Vec<String> = lookup
-            .live_monitors(namespace)
+        // The stored item: the API server sends it with every delete.
+        let stored: Option<VaultItemSpec> = request
+            .old_object
+            .as_ref()
+            .and_then(|old| old.data.get("spec"))
+            .and_then(|spec| parse_part(spec).ok());
+        let holds_secret = stored
+            .as_ref()
+            .is_none_or(|spec| !spec.secret_fields().is_empty());
+        // Without the stored item, only a grant on the item's own name can allow it.
+        let section = stored.as_ref().map_or("", |spec| spec.section.as_str());
+        if holds_secret
+            && !may_on_item(
+                authorizer,
+                &request.user_info,
+                USE_VERB,
+                namespace,
+                name,
+                section,
+            )
             .await?
+        {
+            let user = match request.user_info.username.as_deref() {
+                Some(user) if !user.is_empty() => format!("user {user:?}"),
+                _ => "the requesting user".to_owned(),
+            };
+            return Ok(Some(Refusal::NotAllowed(format!(
+                "{user} may not delete VaultItem {namespace}/{name}: it holds a secret, and deleting it needs verb \"use\" on vaultitems/{name} or on vaultsections/{section}"
+            ))));
+        }
+        let uses = |list: Vec<(String, MonitorSpec)>| -> Vec<String> {
+            let mut names: Vec<String> = list
+                .into_iter()
+                // A spec whose references do not parse cannot have been admitted; it
+                // carries nothing the runner would resolve.
+                .filter(|(_, spec)| referenced_items(spec).is_ok_and(|items| items.contains(name)))
+                .map(|(object, _)| object)
+                .collect();
+            names.sort();
+            names
+        };
+        let monitors = uses(lookup.monitors(namespace).await?);
+        let runs = uses(lookup.unfinished_inline_runs(namespace).await?);
+        let users: Vec<String> = [("Monitor(s)", monitors), ("MonitorRun(s)", runs)]
             .into_iter()
-            // A monitor whose references do not parse cannot have been admitted; it
-            // carries nothing the runner would resolve.
-            .filter(|(_, spec)| referenced_items(spec).is_ok_and(|items| items.contains(name)))
-            .map(|(monitor, _)| monitor)
+            .filter(|(_, names)| !names.is_empty())
+            .map(|(what, names)| format!("{what} {}", listing(&names)))
             .collect();
         if users.is_empty() {
             return Ok(None);
         }
-        users.sort();
-        return Ok(Some(format!(
-            "VaultItem {namespace}/{name} is used by Monitor(s) {}: remove it from them first",
-            listing(&users)
-        )));
+        return Ok(Some(Refusal::InUse(format!(
+            "VaultItem {namespace}/{name} is used by {}: remove it from them first (a MonitorRun stops using it once it has finished)",
+            users.join(" and ")
+        ))));
     }
     let mut items = lookup.live_items_in_section(namespace, name).await?;
     if items.is_empty() {
         return Ok(None);
     }
     items.sort();
-    Ok(Some(format!(
+    Ok(Some(Refusal::InUse(format!(
         "VaultSection {namespace}/{name} still holds VaultItem(s) {}: delete or move them first",
         listing(&items)
-    )))
+    ))))
 }
 
 fn listing(names: &[String]) -> String {
@@ -133,7 +197,7 @@ impl DeleteLookup for KubeLookup {
         }))
     }
 
-    async fn live_monitors(
+    async fn monitors(
         &self,
         namespace: &str,
     ) -> Result<Vec<(String, MonitorSpec)>, AuthorizeError> {
@@ -148,8 +212,32 @@ impl DeleteLookup for KubeLookup {
         Ok(list
             .items
             .into_iter()
-            .filter(|m| m.metadata.deletion_timestamp.is_none())
             .map(|m| (m.metadata.name.unwrap_or_default(), m.spec))
+            .collect())
+    }
+
+    async fn unfinished_inline_runs(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<(String, MonitorSpec)>, AuthorizeError> {
+        let api: Api<MonitorRun> = Api::namespaced(self.client.clone(), namespace);
+        let list =
+            api.list(&ListParams::default())
+                .await
+                .map_err(|source| AuthorizeError::Lookup {
+                    what: format!("MonitorRuns in {namespace}"),
+                    source,
+                })?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|run| {
+                !run.status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(|phase| phase.is_finished())
+            })
+            .filter_map(|run| Some((run.metadata.name.unwrap_or_default(), run.spec.monitor?)))
             .collect())
     }
 

@@ -8,10 +8,11 @@ use futures::future::BoxFuture;
 use kube::Client;
 use kube::core::admission::AdmissionResponse;
 
+use super::hosts::check_vault_item;
 use super::metrics::AdmissionMetrics;
 use super::{
-    Admission, Authorizer, DeleteLookup, ItemSectionLookup, KubeLookup, MonitorLookup, Request,
-    Route, SubjectAccessReviewAuthorizer, check_monitor_write, guard_delete, seal_vault_item,
+    Admission, Authorizer, DeleteLookup, ItemLookup, KubeLookup, MonitorLookup, Request, Route,
+    SubjectAccessReviewAuthorizer, check_monitor_write, guard_delete, seal_vault_item,
     stamp_monitor_write,
 };
 use crate::store::Keys;
@@ -64,7 +65,7 @@ impl<S, A, L> Admission for Webhooks<S, A, L>
 where
     S: Store,
     A: Authorizer + 'static,
-    L: ItemSectionLookup + MonitorLookup + DeleteLookup + 'static,
+    L: ItemLookup + MonitorLookup + DeleteLookup + 'static,
 {
     fn admit(&self, route: Route, request: Request) -> BoxFuture<'_, AdmissionResponse> {
         Box::pin(async move {
@@ -72,12 +73,13 @@ where
             let keys = self.keys.as_ref();
             let (authorizer, lookup) = (&self.authorizer, &self.lookup);
             let response = match route {
-                Route::MutateVaultItems => seal_vault_item(keys, &request).await,
+                Route::MutateVaultItems => seal_vault_item(keys, authorizer, &request).await,
+                Route::ValidateVaultItems => check_vault_item(authorizer, &request).await,
                 Route::MutateMonitors => {
                     stamp_monitor_write(keys, authorizer, lookup, lookup, &request).await
                 }
                 Route::ValidateMonitors => check_monitor_write(keys, &request).await,
-                Route::ValidateDeletes => guard_delete(lookup, &request).await,
+                Route::ValidateDeletes => guard_delete(authorizer, lookup, &request).await,
             };
             if let Some(metrics) = &self.metrics {
                 metrics.observe(

@@ -36,6 +36,7 @@ impl Route {
         match self {
             Route::MutateVaultItems => "mutate_vaultitems",
             Route::MutateMonitors => "mutate_monitors",
+            Route::ValidateVaultItems => "validate_vaultitems",
             Route::ValidateMonitors => "validate_monitors",
             Route::ValidateDeletes => "validate_deletes",
         }

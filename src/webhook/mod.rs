@@ -8,6 +8,9 @@
 //! - [`authorize`]: the decision for `Monitor` and `MonitorRun` writes: the requesting user
 //!   needs the `use` verb on every vault item the object carries, before and after the
 //!   change, or on the item's section.
+//! - [`hosts`]: the validating webhook for `VaultItem`: widening `allowedHosts` needs the
+//!   `allowhosts` verb.
+//! - [`deletes`]: the delete guards.
 //! - [`parse_review`]: raw body bytes to a request, or to a clean error for bad input.
 //! - [`server`]: the routes over HTTPS (rustls, HTTP/1.1 and HTTP/2), with body, concurrency
 //!   and time limits, in front of an [`Admission`].
@@ -25,6 +28,8 @@
 pub mod authorize;
 pub mod deletes;
 pub mod handlers;
+pub mod hosts;
+pub mod last_applied;
 pub mod metrics;
 pub mod monitors;
 pub mod registration;
@@ -42,8 +47,8 @@ use kube::core::{DynamicObject, Status};
 use serde::de::DeserializeOwned;
 
 pub use authorize::{
-    AccessCheck, AuthorizeError, Authorizer, ItemSectionLookup, KubeLookup, MonitorLookup,
-    SubjectAccessReviewAuthorizer, USE_VERB, VaultResource, authorize_monitor_write,
+    ALLOW_HOSTS_VERB, AccessCheck, AuthorizeError, Authorizer, ItemFacts, ItemLookup, KubeLookup,
+    MonitorLookup, SubjectAccessReviewAuthorizer, USE_VERB, VaultResource, authorize_monitor_write,
 };
 pub use deletes::{DeleteLookup, guard_delete};
 pub use handlers::Webhooks;
@@ -61,6 +66,8 @@ pub enum Route {
     /// Mutating, `Monitor`/`MonitorRun` CREATE/UPDATE: authorize the `use` of every item,
     /// then stamp the object.
     MutateMonitors,
+    /// Validating, `VaultItem` CREATE/UPDATE: adding to `allowedHosts` needs `allowhosts`.
+    ValidateVaultItems,
     /// Validating, `Monitor`/`MonitorRun` CREATE/UPDATE: the stamp still matches the final
     /// object (another mutating webhook may have run after ours).
     ValidateMonitors,
@@ -69,9 +76,10 @@ pub enum Route {
 }
 
 impl Route {
-    pub const ALL: [Route; 4] = [
+    pub const ALL: [Route; 5] = [
         Route::MutateVaultItems,
         Route::MutateMonitors,
+        Route::ValidateVaultItems,
         Route::ValidateMonitors,
         Route::ValidateDeletes,
     ];
@@ -81,6 +89,7 @@ impl Route {
         match self {
             Route::MutateVaultItems => "/mutate/vaultitems",
             Route::MutateMonitors => "/mutate/monitors",
+            Route::ValidateVaultItems => "/validate/vaultitems",
             Route::ValidateMonitors => "/validate/monitors",
             Route::ValidateDeletes => "/validate/deletes",
         }

@@ -11,12 +11,14 @@ use kube::core::admission::{AdmissionResponse, Operation};
 use serde_json::{Value, json};
 
 use super::authorize::{
-    Authorizer, Decision, ItemSectionLookup, MonitorLookup, Refusal, decide, kind_of, namespace_of,
+    Authorizer, Decision, ItemLookup, MonitorLookup, Refusal, decide, kind_of, namespace_of,
     own_references,
 };
 use super::{Request, refuse};
-use crate::stamp::{STAMP_ANNOTATION, StampError, check_stamp, make_stamp, stamp_of, stamped_name};
-use crate::store::{Keys, Store};
+use crate::stamp::{
+    NewStamp, STAMP_ANNOTATION, StampError, check_stamp, make_stamp, stamp_of, stamped_name,
+};
+use crate::store::{Keys, Store, unix_now};
 
 const STAMP_POINTER: &str = "/metadata/annotations/monivault.io~1admission-stamp";
 
@@ -32,7 +34,7 @@ pub async fn stamp_monitor_write<S, A, I, M>(
 where
     S: Store,
     A: Authorizer,
-    I: ItemSectionLookup,
+    I: ItemLookup,
     M: MonitorLookup,
 {
     let decision = match decide(authorizer, sections, monitors, request).await {
@@ -46,17 +48,16 @@ where
             };
             let user = request.user_info.username.clone().unwrap_or_default();
             let name = stamped_name(&object.metadata);
-            let text = match make_stamp(
-                keys,
-                authorized.kind,
-                &authorized.namespace,
+            let stamp = NewStamp {
+                kind: authorized.kind,
+                namespace: &authorized.namespace,
                 name,
-                &authorized.spec_digest,
-                authorized.items,
+                spec_digest: &authorized.spec_digest,
+                items: authorized.items,
                 user,
-            )
-            .await
-            {
+                issued_at: unix_now(),
+            };
+            let text = match make_stamp(keys, stamp).await {
                 Ok(text) => text,
                 Err(e) => {
                     tracing::warn!(uid = %request.uid, error = %e, "stamping a monitor failed");
@@ -133,10 +134,10 @@ pub async fn check_monitor_write<S: Store>(keys: &Keys<S>, request: &Request) ->
     .and_then(|refs| {
         // A run of a saved monitor was stamped with that monitor's items then; compare
         // only what the object itself determines.
-        if carried.monitor_ref.is_none() && refs.items != carried.items {
+        if carried.monitor_ref.is_none() && refs.names() != carried.items {
             return Err(StampError::ItemsDiffer {
                 kind: kind.as_str(),
-                stamped: refs.items,
+                stamped: refs.names(),
                 carried: carried.items,
             });
         }

@@ -152,6 +152,12 @@ impl Registration {
                     Route::ValidateDeletes,
                     rules(&["DELETE"], &["vaultitems", "vaultsections"]),
                 ),
+                // Widening allowedHosts needs `allowhosts`, judged on the final object.
+                webhook(
+                    "vaultitems.validate.monivault.io",
+                    Route::ValidateVaultItems,
+                    rules(&["CREATE", "UPDATE"], &["vaultitems"]),
+                ),
             ]),
         }
     }
@@ -331,11 +337,11 @@ mod tests {
     }
 
     #[test]
-    fn the_validations_check_monitor_writes_and_guard_deletes() {
+    fn the_validations_check_monitor_writes_guard_deletes_and_widened_hosts() {
         let config = url_registration().validating();
         assert_eq!(config.metadata.name.as_deref(), Some("monivault"));
         let webhooks = config.webhooks.expect("webhooks");
-        assert_eq!(webhooks.len(), 2);
+        assert_eq!(webhooks.len(), 3);
         let monitors = &webhooks[0];
         assert_eq!(monitors.name, "monitors.validate.monivault.io");
         assert_eq!(
@@ -361,6 +367,19 @@ mod tests {
         assert_eq!(
             deletes.client_config.url.as_deref(),
             Some("https://127.0.0.1:8443/validate/deletes")
+        );
+        let items = &webhooks[2];
+        assert_eq!(items.name, "vaultitems.validate.monivault.io");
+        assert_eq!(
+            rule(&items.rules),
+            (
+                vec!["CREATE".into(), "UPDATE".into()],
+                vec!["vaultitems".into()]
+            )
+        );
+        assert_eq!(
+            items.client_config.url.as_deref(),
+            Some("https://127.0.0.1:8443/validate/vaultitems")
         );
         for webhook in &webhooks {
             assert_eq!(webhook.side_effects, "None");
@@ -393,7 +412,7 @@ mod tests {
         }
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 4);
+        assert_eq!(names.len(), 5);
     }
 
     #[test]

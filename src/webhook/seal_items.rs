@@ -7,28 +7,29 @@
 //! `kubectl apply` keeps a copy of everything it sent.
 //!
 //! A sealed value written by hand (GitOps) is opened once to check it belongs to this
-//! namespace, item and field under a key the environment still has; the plaintext is
-//! dropped at once. An item that carries only sealed values gets no patch at all, so a
+//! namespace, section, item and field under a key the environment still has; the plaintext
+//! is dropped at once. An item that carries only sealed values gets no patch at all, so a
 //! GitOps tool sees exactly what it applied.
+//!
+//! A plaintext applied again keeps the stored sealed value only for a requester who may
+//! `use` the item: for anyone else, keeping it would answer "is this the password?" (a
+//! dry run shows whether the sealed value changed), so they always get a fresh seal.
 //!
 //! Its one side effect: creating the environment's keys when the first item arrives before
 //! any VaultSection, never on a dry run.
 
 use kube::core::admission::{AdmissionResponse, Operation};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
+use super::authorize::{AuthorizeError, Authorizer, USE_VERB, may_on_item};
+use super::last_applied::{
+    LAST_APPLIED, LAST_APPLIED_POINTER, LastApplied, replacement, review_last_applied,
+};
 use super::{Request, dotted, parse_part, redact_parse_error, refuse};
-use crate::api::{GROUP, ItemType, SECRET_MASK, SecretField, VERSION, VaultItemSpec};
+use crate::api::{GROUP, ItemType, SECRET_MASK, SecretField, VaultItemSpec};
 use crate::crypto::{CryptoError, Keyring, RootKey, SealBinding, seal};
 use crate::store::Store;
 use crate::store::{KeyError, Keys};
-
-/// The annotation a client-side `kubectl apply` writes with the whole applied object.
-pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// [`LAST_APPLIED`] as a JSON-pointer segment (`/` escaped as `~1`).
-const LAST_APPLIED_POINTER: &str =
-    "/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration";
 
 /// Why a VaultItem write was refused. No variant holds a plaintext: they name fields.
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +53,12 @@ pub enum SealError {
     #[error("{path} is too long: at most {limit} bytes")]
     PlaintextTooLong { path: String, limit: usize },
     #[error(
-        "spec.sealed.{field} does not open for namespace {namespace:?}, item {item:?}, field {field:?}: {reason}. Seal it for this item: monivault seal -n {namespace} --item {item} --field {field}"
+        "spec.sealed.{field} does not open for namespace {namespace:?}, section {section:?}, item {item:?}, field {field:?}: {reason}. Seal it for this item: monivault seal -n {namespace} --section {section} --item {item} --field {field}"
     )]
     SealedRefused {
         field: SecretField,
         namespace: String,
+        section: String,
         item: String,
         #[source]
         reason: CryptoError,
@@ -81,6 +83,8 @@ pub enum SealError {
     },
     #[error("cannot encode the patch: {0}")]
     Patch(String),
+    #[error("{0}")]
+    Authorize(#[from] AuthorizeError),
 }
 
 impl SealError {
@@ -100,7 +104,8 @@ impl SealError {
             SealError::Keys(_)
             | SealError::SealingKey { .. }
             | SealError::Seal { .. }
-            | SealError::Patch(_) => (500, "InternalError"),
+            | SealError::Patch(_)
+            | SealError::Authorize(_) => (500, "InternalError"),
         }
     }
 }
@@ -108,8 +113,12 @@ impl SealError {
 /// The mutating webhook's decision for one VaultItem request: allowed with a JSONPatch
 /// (plaintext sealed and masked), allowed unchanged (nothing to seal), or refused with a
 /// message naming the field and the reason.
-pub async fn seal_vault_item<S: Store>(keys: &Keys<S>, request: &Request) -> AdmissionResponse {
-    match admit(keys, request).await {
+pub async fn seal_vault_item<S: Store, A: Authorizer>(
+    keys: &Keys<S>,
+    authorizer: &A,
+    request: &Request,
+) -> AdmissionResponse {
+    match admit(keys, authorizer, request).await {
         Ok(response) => response,
         Err(error) => {
             let (code, reason) = error.status();
@@ -121,8 +130,9 @@ pub async fn seal_vault_item<S: Store>(keys: &Keys<S>, request: &Request) -> Adm
     }
 }
 
-async fn admit<S: Store>(
+async fn admit<S: Store, A: Authorizer>(
     keys: &Keys<S>,
+    authorizer: &A,
     request: &Request,
 ) -> Result<AdmissionResponse, SealError> {
     if request.kind.group != GROUP || request.kind.kind != "VaultItem" {
@@ -200,6 +210,8 @@ async fn admit<S: Store>(
         for (field, sealed) in &to_verify {
             let binding = SealBinding {
                 namespace,
+                section: &spec.section,
+                item_type: spec.item_type.as_str(),
                 item: name,
                 field: field.as_str(),
             };
@@ -208,6 +220,7 @@ async fn admit<S: Store>(
                 return Err(SealError::SealedRefused {
                     field: *field,
                     namespace: namespace.to_owned(),
+                    section: spec.section.clone(),
                     item: name.to_owned(),
                     reason,
                 });
@@ -241,12 +254,32 @@ async fn admit<S: Store>(
                 namespace: namespace.to_owned(),
                 source,
             })?;
+        // Asked once, and only when there is a stored value to keep: see the module docs.
+        let has_stored = plaintext_fields.iter().any(|&field| {
+            old_spec
+                .as_ref()
+                .is_some_and(|old| old.sealed_value(field).is_some())
+        });
+        let may_keep = has_stored
+            && may_on_item(
+                authorizer,
+                &request.user_info,
+                USE_VERB,
+                namespace,
+                name,
+                &spec.section,
+            )
+            .await?;
+        let section = spec.section.clone();
+        let item_type = spec.item_type;
         for &field in &plaintext_fields {
             let Some(plaintext) = spec.take_plaintext(field) else {
                 continue;
             };
             let binding = SealBinding {
                 namespace,
+                section: &section,
+                item_type: item_type.as_str(),
                 item: name,
                 field: field.as_str(),
             };
@@ -256,6 +289,7 @@ async fn admit<S: Store>(
             let kept = old_spec
                 .as_ref()
                 .and_then(|old| old.sealed_value(field))
+                .filter(|_| may_keep)
                 .filter(|old| opens_to(&ring, &root, &binding, old, plaintext.as_bytes()));
             let sealed = match kept {
                 Some(old) => old.to_owned(),
@@ -282,15 +316,21 @@ async fn admit<S: Store>(
         .annotations
         .as_ref()
         .and_then(|annotations| annotations.get(LAST_APPLIED));
+    let previous = request
+        .old_object
+        .as_ref()
+        .and_then(|old| old.metadata.annotations.as_ref())
+        .and_then(|annotations| annotations.get(LAST_APPLIED))
+        .map(String::as_str);
     if let Some(text) = last_applied {
-        let rewritten = match mask_last_applied(text, &spec) {
+        let rewritten = match review_last_applied(text, previous, &spec) {
             LastApplied::Unchanged => None,
             LastApplied::Masked(text) => Some(text),
             LastApplied::Replaced => {
                 warnings.push(format!(
-                    "the {LAST_APPLIED} annotation could not be read as a VaultItem, so it may hold a plaintext: monivault replaced it with the sealed object"
+                    "the {LAST_APPLIED} annotation was not exactly a copy of this VaultItem (a duplicate key, a field VaultItem does not have, or other values), so it could hold a plaintext: monivault replaced it with the admitted object, secrets masked"
                 ));
-                Some(replacement_last_applied(&spec, namespace, name))
+                Some(replacement(&spec, namespace, name))
             }
         };
         if let Some(text) = rewritten {
@@ -347,200 +387,4 @@ fn opens_to(
 
 fn non_empty(text: Option<&str>) -> Option<&str> {
     text.filter(|t| !t.is_empty())
-}
-
-/// What became of the last-applied annotation.
-#[derive(Debug, PartialEq, Eq)]
-enum LastApplied {
-    /// No plaintext in it: left exactly as it was.
-    Unchanged,
-    /// Every write-only value masked and its sealed value set: the new text.
-    Masked(String),
-    /// Not readable as a VaultItem, so it may hide a plaintext where we cannot find it:
-    /// it must be replaced as a whole.
-    Replaced,
-}
-
-/// Masks the write-only values in a last-applied annotation. Any value other than the
-/// mask becomes `*****`, and `spec.sealed.<field>` becomes what the object itself now
-/// holds, so the annotation mirrors the object and kubectl's next three-way diff behaves.
-fn mask_last_applied(text: &str, spec: &VaultItemSpec) -> LastApplied {
-    let Ok(mut doc) = serde_json::from_str::<Value>(text) else {
-        return LastApplied::Replaced;
-    };
-    if !doc.is_object() {
-        return LastApplied::Replaced;
-    }
-    let mut changed = false;
-    for field in SecretField::ALL {
-        let (Ok(current), Ok(_)) = (
-            lookup(&doc, field.spec_pointer()),
-            lookup(&doc, field.sealed_pointer()),
-        ) else {
-            return LastApplied::Replaced;
-        };
-        match current {
-            None | Some(Value::Null) => continue,
-            Some(Value::String(s)) if s == SECRET_MASK => continue,
-            Some(_) => {}
-        }
-        set(&mut doc, field.spec_pointer(), json!(SECRET_MASK));
-        match spec.sealed_value(field) {
-            Some(sealed) => set(&mut doc, field.sealed_pointer(), json!(sealed)),
-            None => remove(&mut doc, field.sealed_pointer()),
-        }
-        changed = true;
-    }
-    if !changed {
-        return LastApplied::Unchanged;
-    }
-    // kubectl ends the annotation with a newline; keep its form.
-    let newline = if text.ends_with('\n') { "\n" } else { "" };
-    LastApplied::Masked(format!("{doc}{newline}"))
-}
-
-/// What stands in for an unreadable last-applied annotation: the object as admitted, only
-/// masks and sealed values in it. Better than removing the annotation, which would leave
-/// kubectl's next apply without a base to diff against.
-fn replacement_last_applied(spec: &VaultItemSpec, namespace: &str, name: &str) -> String {
-    let doc = json!({
-        "apiVersion": format!("{GROUP}/{VERSION}"),
-        "kind": "VaultItem",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    });
-    format!("{doc}\n")
-}
-
-/// Marks a document whose shape hides where a write-only value would be.
-struct Unreadable;
-
-/// The value at `pointer`: `Ok(None)` if absent (or under a null); `Err` if something on
-/// the way is neither an object nor null.
-fn lookup<'a>(doc: &'a Value, pointer: &str) -> Result<Option<&'a Value>, Unreadable> {
-    let mut node = doc;
-    for segment in pointer.trim_start_matches('/').split('/') {
-        node = match node {
-            Value::Object(map) => match map.get(segment) {
-                Some(next) => next,
-                None => return Ok(None),
-            },
-            Value::Null => return Ok(None),
-            _ => return Err(Unreadable),
-        };
-    }
-    Ok(Some(node))
-}
-
-/// Sets the value at `pointer`, creating objects on the way (checked by [`lookup`] first).
-fn set(doc: &mut Value, pointer: &str, value: Value) {
-    let segments: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
-    let Some((last, parents)) = segments.split_last() else {
-        return;
-    };
-    let mut node = doc;
-    for segment in parents {
-        if node.is_null() {
-            *node = Value::Object(Map::new());
-        }
-        let Value::Object(map) = node else {
-            return;
-        };
-        node = map
-            .entry(*segment)
-            .or_insert_with(|| Value::Object(Map::new()));
-    }
-    if node.is_null() {
-        *node = Value::Object(Map::new());
-    }
-    if let Value::Object(map) = node {
-        map.insert((*last).to_owned(), value);
-    }
-}
-
-fn remove(doc: &mut Value, pointer: &str) {
-    let Some((parent, last)) = pointer.rsplit_once('/') else {
-        return;
-    };
-    if let Some(Value::Object(map)) = doc.pointer_mut(parent) {
-        map.remove(last);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::{CredentialSetSpec, SealedFields};
-
-    const PLAINTEXT: &str = "hunter2-plaintext";
-
-    fn sealed_spec() -> VaultItemSpec {
-        serde_json::from_value(json!({
-            "type": "CredentialSet",
-            "section": "checkout",
-            "credentialSet": {"username": "bot", "password": SECRET_MASK},
-            "sealed": {"password": "mv1.s.1.AAAA"},
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn a_plaintext_in_last_applied_is_masked_and_points_at_the_sealed_value() {
-        let text = format!(
-            "{}\n",
-            json!({"apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
-                   "spec": {"type": "CredentialSet", "credentialSet": {"username": "bot", "password": PLAINTEXT}}})
-        );
-        let LastApplied::Masked(masked) = mask_last_applied(&text, &sealed_spec()) else {
-            panic!("expected a masked annotation");
-        };
-        assert!(!masked.contains(PLAINTEXT), "{masked}");
-        assert!(masked.ends_with('\n'));
-        let doc: Value = serde_json::from_str(&masked).unwrap();
-        assert_eq!(doc["spec"]["credentialSet"]["password"], SECRET_MASK);
-        assert_eq!(doc["spec"]["sealed"]["password"], "mv1.s.1.AAAA");
-        assert_eq!(doc["spec"]["credentialSet"]["username"], "bot");
-    }
-
-    #[test]
-    fn a_masked_last_applied_is_left_alone() {
-        let text = json!({"spec": {"credentialSet": {"password": SECRET_MASK}, "sealed": {"password": "mv1.s.1.B"}}})
-            .to_string();
-        assert_eq!(
-            mask_last_applied(&text, &sealed_spec()),
-            LastApplied::Unchanged
-        );
-    }
-
-    #[test]
-    fn an_unreadable_last_applied_is_replaced() {
-        for text in [
-            format!("{{not json {PLAINTEXT}"),
-            json!(PLAINTEXT).to_string(),
-            json!({"spec": {"secret": PLAINTEXT}}).to_string(),
-            json!({"spec": {"credentialSet": ["x", PLAINTEXT]}}).to_string(),
-        ] {
-            assert_eq!(
-                mask_last_applied(&text, &sealed_spec()),
-                LastApplied::Replaced,
-                "{text}"
-            );
-        }
-        let replacement = replacement_last_applied(&sealed_spec(), "shop", "shop-login");
-        let doc: Value = serde_json::from_str(&replacement).unwrap();
-        assert_eq!(doc["spec"]["sealed"]["password"], "mv1.s.1.AAAA");
-        assert_eq!(doc["spec"]["credentialSet"]["password"], SECRET_MASK);
-    }
-
-    #[test]
-    fn a_number_in_a_write_only_field_is_masked_too() {
-        let text = json!({"spec": {"secret": {"value": 123456}, "sealed": null}}).to_string();
-        let mut spec = sealed_spec();
-        spec.sealed = Some(SealedFields::default());
-        spec.credential_set = Some(CredentialSetSpec::default());
-        let LastApplied::Masked(masked) = mask_last_applied(&text, &spec) else {
-            panic!("expected a masked annotation");
-        };
-        assert!(!masked.contains("123456"), "{masked}");
-    }
 }
