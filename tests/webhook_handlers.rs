@@ -1082,7 +1082,7 @@ async fn metadata_only_change_by_mallory_is_allowed() {
     // A status write is not checked either.
     let mut status = monitor_update("mallory", old.clone(), old);
     status["subResource"] = json!("status");
-    status["object"]["status"] = json!({"lastResult": "Passed"});
+    status["object"]["status"] = json!({"state": "Up"});
     let outcome = authorize(status).await;
     assert!(outcome.response.allowed, "{}", outcome.message());
 }
@@ -1667,6 +1667,28 @@ async fn widening_allowed_hosts_needs_allowhosts_and_narrowing_does_not() {
             outcome.message()
         );
     }
+    // A CA certificate decides who can read what a monitor sends: replacing it widens too.
+    let certificate = |pem: &str| {
+        json!({"apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+               "metadata": {"name": "shop-ca", "namespace": NS},
+               "spec": {"type": "Certificate", "section": "checkout", "certificate": {"pem": pem}}})
+    };
+    let swap = |user: &str| {
+        let mut update = request(
+            "VaultItem",
+            "vaultitems",
+            "UPDATE",
+            user,
+            &certificate("theirs"),
+        );
+        update["oldObject"] = certificate("ours");
+        update
+    };
+    let outcome = admit(&webhooks, Route::ValidateVaultItems, swap("alice")).await;
+    assert_eq!(outcome.response.result.code, 403, "{}", outcome.message());
+    assert!(outcome.message().contains("CA"), "{}", outcome.message());
+    let outcome = admit(&webhooks, Route::ValidateVaultItems, swap("dana")).await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
     // dana holds allowhosts on the section.
     for request in [
         hosts_request(

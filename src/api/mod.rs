@@ -35,11 +35,11 @@ use kube::CustomResourceExt;
 pub use condition::{Condition, ConditionStatus, READY};
 pub use duration::Duration;
 pub use monitor::{
-    Assertions, BasicAuth, BearerAuth, CheckOutcome, ClientCertificate, Header, HttpMethod,
-    Monitor, MonitorAuth, MonitorSpec, MonitorStatus, TypedItemRef,
+    Assertions, BasicAuth, BearerAuth, ClientCertificate, Header, HttpMethod, Monitor, MonitorAuth,
+    MonitorSpec, MonitorState, MonitorStatus, MonitorTls, TypedItemRef,
 };
 pub use monitor_run::{
-    MonitorRef, MonitorRun, MonitorRunSpec, MonitorRunStatus, RunPhase, RunResult,
+    AssertionResult, MonitorRef, MonitorRun, MonitorRunSpec, MonitorRunStatus, RunPhase, RunResult,
 };
 pub use names::ObjectName;
 pub use vault_item::{

@@ -49,17 +49,19 @@ pub mod limits {
     cel,
     doc = "An HTTP(S) check that runs on an interval and may carry vault items. Changing a monitor that uses an item needs the use verb on that item or its section.",
     printcolumn(name = "URL", type_ = "string", json_path = ".spec.url"),
-    printcolumn(name = "Interval", type_ = "string", json_path = ".spec.interval"),
-    printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused"),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Last Run", type_ = "date", json_path = ".status.lastRunAt"),
     printcolumn(
-        name = "Last Result",
+        name = "Response Time",
         type_ = "string",
-        json_path = ".status.lastResult"
+        json_path = ".status.responseTime"
     ),
+    printcolumn(name = "Interval", type_ = "string", json_path = ".spec.interval"),
     printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+        name = "Paused",
+        type_ = "boolean",
+        json_path = ".spec.paused",
+        priority = 1
     ),
     printcolumn(
         name = "Age",
@@ -77,6 +79,7 @@ pub struct MonitorSpec {
     #[schemars(length(min = 1, max = limits::URL))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("url must start with http:// or https://"))]
     #[x_kube(validation = Rule::new("!(self.startsWith('https://') || self.startsWith('http://')) || self.matches('^https?://[^/?#{}]+([/?#]|$)')").message("url must name its host literally: no {{...}} placeholder before the path"))]
+    #[x_kube(validation = Rule::new("!self.matches('^https?://[^/?#{]*[@\\\\\\\\]')").message("url must not hold user information (user@) or a backslash before the path: the host is what allowedHosts are checked against, and parsers disagree on such URLs"))]
     pub url: String,
 
     /// The HTTP method.
@@ -94,9 +97,9 @@ pub struct MonitorSpec {
     #[schemars(length(max = limits::BODY))]
     pub body: Option<String>,
 
-    /// How often the check runs, from 30s to 24h.
+    /// How often the check runs, from 10s to 24h.
     #[serde(default = "default_interval")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('30s') && duration(self) <= duration('24h')").message("interval must be between 30s and 24h"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10s') && duration(self) <= duration('24h')").message("interval must be between 10s and 24h"))]
     pub interval: Duration,
 
     /// How long one request may take, from 1s to 120s, and at most `interval`.
@@ -111,6 +114,10 @@ pub struct MonitorSpec {
     /// A TLS client certificate from a CertificateArchive item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<ClientCertificate>,
+
+    /// Which certificate authorities to trust. Default: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MonitorTls>,
 
     /// What the response must satisfy. Without `statusCodes`, any 2xx status passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,6 +152,7 @@ impl MonitorSpec {
             timeout: default_timeout(),
             auth: None,
             client_certificate: None,
+            tls: None,
             assertions: None,
             follow_redirects: false,
             paused: false,
@@ -176,6 +184,15 @@ impl MonitorSpec {
                 field: "clientCertificate.certificateArchive",
                 name: &cert.certificate_archive,
                 item_type: ItemType::CertificateArchive,
+            });
+        }
+        // A trust anchor holds no secret, but it decides who can read the secrets the
+        // monitor sends: it is authorized, stamped and guarded like any carried item.
+        if let Some(ca) = self.tls.as_ref().and_then(|t| t.ca_certificate.as_ref()) {
+            refs.push(TypedItemRef {
+                field: "tls.caCertificate",
+                name: ca,
+                item_type: ItemType::Certificate,
             });
         }
         refs
@@ -286,6 +303,16 @@ pub struct ClientCertificate {
     pub certificate_archive: ObjectName,
 }
 
+/// `tls`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitorTls {
+    /// A Certificate item holding the CA (PEM) that signs the server's certificate; it
+    /// replaces the system's roots. Verification is never skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<ObjectName>,
+}
+
 /// What a response must satisfy for the check to pass.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -312,23 +339,45 @@ pub struct Assertions {
     pub body_not_contains: Vec<String>,
 }
 
-/// The outcome of one check.
+/// What the runner last concluded about a monitor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum CheckOutcome {
-    /// The request completed and every assertion held.
-    Passed,
-    /// The request completed and an assertion failed.
-    Failed,
-    /// The request could not be made or completed (DNS, TLS, timeout, a host not in an
-    /// item's allowedHosts, an item that is not Ready or not permitted).
-    Error,
+pub enum MonitorState {
+    /// The last check passed.
+    Up,
+    /// The last check failed: an assertion, or the request could not be made.
+    Down,
+    /// `paused` is set: no scheduled check runs.
+    Paused,
+    /// The monitor carries vault items but has no valid admission stamp for its spec (it
+    /// was written past the webhook, or restored from a backup), or an item is not the one
+    /// authorized: no request is sent until someone allowed to use its items applies it.
+    NotAuthorized,
+    /// No check has run yet.
+    Unknown,
+}
+
+impl MonitorState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MonitorState::Up => "Up",
+            MonitorState::Down => "Down",
+            MonitorState::Paused => "Paused",
+            MonitorState::NotAuthorized => "NotAuthorized",
+            MonitorState::Unknown => "Unknown",
+        }
+    }
 }
 
 /// What the runner last saw. Scrubbed of every secret the check used.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct MonitorStatus {
-    /// `Ready` is `True` when the monitor is admitted (its stamp is valid) and its items are usable.
+    /// Up, Down, Paused, NotAuthorized or Unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<MonitorState>,
+
+    /// `Ready` is `True` while the monitor is authorized (its stamp is valid) and its last
+    /// check ran; its reason says why not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -337,19 +386,19 @@ pub struct MonitorStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run_at: Option<Time>,
 
-    /// The outcome of the last scheduled check.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_result: Option<CheckOutcome>,
-
     /// How long the last response took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_response_time: Option<Duration>,
+    pub response_time: Option<Duration>,
 
     /// The HTTP status of the last response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_status_code: Option<u16>,
+    pub status_code: Option<u16>,
 
-    /// Why the last check failed, for people. Scrubbed.
+    /// Checks that failed in a row, up to the last one.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+
+    /// Why the last check failed, or what it found, for people. Scrubbed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 

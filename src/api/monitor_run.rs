@@ -36,10 +36,16 @@ use super::names::ObjectName;
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
-        name = "Passed",
-        type_ = "boolean",
-        json_path = ".status.result.passed"
+        name = "Status Code",
+        type_ = "integer",
+        json_path = ".status.result.statusCode"
     ),
+    printcolumn(
+        name = "Response Time",
+        type_ = "string",
+        json_path = ".status.result.responseTime"
+    ),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.result.reason"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -57,6 +63,11 @@ pub struct MonitorRunSpec {
     /// Run this monitor spec, which need not be saved as a Monitor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitor: Option<MonitorSpec>,
+
+    /// How long the run is kept once finished, in seconds (default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 604_800))]
+    pub ttl_seconds_after_finished: Option<u32>,
 }
 
 impl MonitorRunSpec {
@@ -65,6 +76,7 @@ impl MonitorRunSpec {
         MonitorRunSpec {
             monitor_ref: Some(MonitorRef { name: name.into() }),
             monitor: None,
+            ttl_seconds_after_finished: None,
         }
     }
 
@@ -73,6 +85,7 @@ impl MonitorRunSpec {
         MonitorRunSpec {
             monitor_ref: None,
             monitor: Some(spec),
+            ttl_seconds_after_finished: None,
         }
     }
 }
@@ -135,6 +148,14 @@ pub struct MonitorRunStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunResult {
+    /// Whether every assertion held.
+    pub passed: bool,
+
+    /// A short, stable word for the outcome: `Passed`, `AssertionFailed`,
+    /// `RedirectBlocked`, `InsecureTransport`, `HostNotAllowed`, `NotAuthorized`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+
     /// The HTTP status, if a response arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_code: Option<u16>,
@@ -143,10 +164,28 @@ pub struct RunResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_time: Option<Duration>,
 
-    /// Whether every assertion held.
-    pub passed: bool,
+    /// Each assertion and whether it held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assertions: Vec<AssertionResult>,
 
     /// Why it failed, for people. Scrubbed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// The start of the response body, at most 1 KiB. Scrubbed of every secret the run used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_excerpt: Option<String>,
+}
+
+/// One assertion of a run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AssertionResult {
+    /// Which assertion, e.g. `statusCodes` or `bodyContains[0]`.
+    pub assertion: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// What was seen, for people. Scrubbed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

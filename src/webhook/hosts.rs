@@ -5,13 +5,17 @@
 //! `vaultitems/<item>` or on `vaultsections/<its section>`, which `edit` and `admin` never
 //! grant. Narrowing the list needs nothing extra. Validating, not mutating: it judges the
 //! object as it will be stored, after every mutating webhook.
+//!
+//! Changing a `Certificate` item's PEM needs the same verb: a monitor may trust it as its
+//! CA (`tls.caCertificate`), and whoever picks the trust anchor of a monitor that carries
+//! secrets picks who can read them.
 
 use k8s_openapi::api::authentication::v1::UserInfo;
 use kube::core::admission::{AdmissionResponse, Operation};
 
 use super::authorize::{ALLOW_HOSTS_VERB, Authorizer, may_on_item};
 use super::{Request, parse_part, refuse};
-use crate::api::{GROUP, VaultItemSpec};
+use crate::api::{GROUP, ItemType, VaultItemSpec};
 
 /// The validating webhook's decision for one VaultItem create or update.
 pub async fn check_vault_item<A: Authorizer>(
@@ -55,14 +59,23 @@ pub async fn check_vault_item<A: Authorizer>(
         }
         None => return refuse(request, 422, "Invalid", "the VaultItem has no spec"),
     };
-    let old_hosts = request
+    let old = request
         .old_object
         .as_ref()
         .and_then(|old| old.data.get("spec"))
-        .and_then(|s| parse_part::<VaultItemSpec>(s).ok())
-        .map(|old| old.allowed_hosts)
+        .and_then(|s| parse_part::<VaultItemSpec>(s).ok());
+    let old_hosts = old
+        .as_ref()
+        .map(|o| o.allowed_hosts.clone())
         .unwrap_or_default();
-    let added = widened(&old_hosts, &spec.allowed_hosts);
+    let mut added = widened(&old_hosts, &spec.allowed_hosts);
+    let pem = |spec: &VaultItemSpec| spec.certificate.as_ref().map(|c| c.pem.clone());
+    if let Some(old) = &old
+        && spec.item_type == ItemType::Certificate
+        && pem(old) != pem(&spec)
+    {
+        added.push("a new CA certificate (spec.certificate.pem)".to_owned());
+    }
     if added.is_empty() {
         return allowed;
     }
@@ -94,7 +107,7 @@ pub async fn check_vault_item<A: Authorizer>(
             403,
             "Forbidden",
             &format!(
-                "{} may not add {} to spec.allowedHosts of VaultItem {namespace}/{name}: widening where a secret may be sent needs verb \"{ALLOW_HOSTS_VERB}\" on vaultitems/{name} or on vaultsections/{} (ClusterRole monivault-allowhosts); narrowing needs nothing",
+                "{} may not add {} to VaultItem {namespace}/{name}: widening where a secret may be sent (spec.allowedHosts, or the CA a monitor trusts) needs verb \"{ALLOW_HOSTS_VERB}\" on vaultitems/{name} or on vaultsections/{} (ClusterRole monivault-allowhosts); narrowing needs nothing",
                 user_label(user),
                 added.join(", "),
                 spec.section,
