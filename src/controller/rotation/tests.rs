@@ -1,10 +1,11 @@
 //! Rotation over the in-memory store, including a crash after every single write.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use super::*;
-use crate::crypto::Plaintext;
-use crate::store::{MemoryStore, RootKeySet};
+use crate::crypto::{ItemBinding, Plaintext};
+use crate::store::{ItemKey, ItemRecord, MemoryStore, RootKeySet};
 
 const NS: &str = "shop";
 const RECORDS: usize = 6;
