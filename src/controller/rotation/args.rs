@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
+use crate::api::duration::parse_period;
 use crate::crypto::RotationPolicy;
 
 use super::{KeyKind, RotationConfig, RotationError};
@@ -61,43 +62,6 @@ impl RotationArgs {
             retire_grace: self.reencrypt.data_key_retire_grace,
         }
     }
-}
-
-/// Parses a period such as `30d`, `12h`, `90s`, `500ms` or `1d12h` (units `d`, `h`, `m`,
-/// `s`, `ms`; whole numbers).
-pub fn parse_period(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid period {text:?}: expected e.g. 30d, 12h, 5m, 90s or 500ms");
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(invalid());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(invalid)?;
-        if digits == 0 {
-            return Err(invalid());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| invalid())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let part = match &rest[..unit_len] {
-            "d" => n.checked_mul(86_400).map(Duration::from_secs),
-            "h" => n.checked_mul(3_600).map(Duration::from_secs),
-            "m" => n.checked_mul(60).map(Duration::from_secs),
-            "s" => Some(Duration::from_secs(n)),
-            "ms" => Some(Duration::from_millis(n)),
-            _ => None,
-        };
-        total = part
-            .and_then(|p| total.checked_add(p))
-            .ok_or_else(invalid)?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
 }
 
 /// Parses a rotation request: `data-key@2026-11-27T22:00:00Z` → (kind, Unix seconds).

@@ -44,8 +44,7 @@ use crate::store::{KeyError, Keys, unix_now};
 use crate::store::{SecretStore, Store, StoreError, Versioned};
 
 pub use args::{
-    ROTATE_ANNOTATION, ReencryptArgs, RotateArgs, RotationArgs, parse_period, parse_request,
-    parse_time,
+    ROTATE_ANNOTATION, ReencryptArgs, RotateArgs, RotationArgs, parse_request, parse_time,
 };
 pub use environment::{prune_sealing_keys, rotate_data_key, rotate_sealing_key};
 pub use metrics::RotationMetrics;
