@@ -49,8 +49,8 @@ pub use args::{
 pub use environment::{prune_sealing_keys, rotate_data_key, rotate_sealing_key};
 pub use metrics::RotationMetrics;
 pub use reencrypt::{
-    DataKeyState, RateLimiter, ReencryptOutcome, finish_data_key_rotation, reencrypt_environment,
-    retire_unused_data_keys,
+    DataKeyState, RateLimiter, ReencryptOutcome, finish_data_key_rotation, rate_limiter,
+    reencrypt_environment, reencrypt_quota, retire_unused_data_keys,
 };
 pub use reporting::Reporting;
 pub use root::rotate_root_key;

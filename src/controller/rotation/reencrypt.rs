@@ -2,7 +2,10 @@
 //! current key, and old keys destroyed once no record uses them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
 use std::time::Duration;
+
+use governor::Quota;
 
 use crate::crypto::{CryptoError, DataCipher, ItemBinding};
 use crate::crypto::{Environment, reencrypt};
@@ -31,27 +34,18 @@ pub struct ReencryptOutcome {
     pub found: usize,
 }
 
-/// Spaces out writes to at most `rate` per second.
-pub struct RateLimiter {
-    interval: Duration,
-    next: tokio::time::Instant,
+/// Paces re-encryption writes: a GCRA limiter from `governor`.
+pub type RateLimiter = governor::DefaultDirectRateLimiter;
+
+/// At most `rate` writes per second (at least one), spaced out: a burst of one, so a
+/// rotation never sends the API server a flood, even right after a pause.
+pub fn reencrypt_quota(rate: u32) -> Quota {
+    Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN)).allow_burst(NonZeroU32::MIN)
 }
 
-impl RateLimiter {
-    pub fn new(rate: u32) -> Self {
-        RateLimiter {
-            interval: Duration::from_secs(1) / rate.max(1),
-            next: tokio::time::Instant::now(),
-        }
-    }
-
-    pub async fn wait(&mut self) {
-        let now = tokio::time::Instant::now();
-        if self.next > now {
-            tokio::time::sleep_until(self.next).await;
-        }
-        self.next = self.next.max(now) + self.interval;
-    }
+/// A limiter of [`reencrypt_quota`].
+pub fn rate_limiter(rate: u32) -> RateLimiter {
+    RateLimiter::direct(reencrypt_quota(rate))
 }
 
 /// Moves every record of `namespace` that is on an old data key to the current one, at
@@ -60,7 +54,7 @@ impl RateLimiter {
 pub async fn reencrypt_environment<S: Store>(
     keys: &Keys<S>,
     namespace: &str,
-    limiter: &mut RateLimiter,
+    limiter: &RateLimiter,
     reporting: &Reporting,
 ) -> Result<ReencryptOutcome, RotationError> {
     let keyring = read_keyring(keys.store()).await?.value;
@@ -97,7 +91,7 @@ pub async fn reencrypt_environment<S: Store>(
             m.remaining
                 .set(i64::try_from(old.len() - done).unwrap_or(i64::MAX));
         }
-        limiter.wait().await;
+        limiter.until_ready().await;
         let version = record.value.key_version;
         if let std::collections::btree_map::Entry::Vacant(slot) = ciphers.entry(version) {
             match keyring.data_cipher(&root, namespace, version) {
@@ -268,10 +262,10 @@ pub async fn finish_data_key_rotation<S: Store>(
     wait_for_grace: bool,
     reporting: &Reporting,
 ) -> Result<DataKeyState, RotationError> {
-    let mut limiter = RateLimiter::new(config.reencrypt_rate);
+    let limiter = rate_limiter(config.reencrypt_rate);
     let mut total = ReencryptOutcome::default();
     for _ in 0..MAX_PASSES {
-        let pass = reencrypt_environment(keys, namespace, &mut limiter, reporting).await?;
+        let pass = reencrypt_environment(keys, namespace, &limiter, reporting).await?;
         total.reencrypted += pass.reencrypted;
         total.failed = pass.failed;
         if pass.found == 0 || pass.found == pass.failed {

@@ -197,6 +197,26 @@ fn request() -> Trigger {
 }
 
 #[test]
+fn re_encryption_is_paced_one_write_at_a_time() {
+    use governor::clock::FakeRelativeClock;
+    let clock = FakeRelativeClock::default();
+    let limiter = governor::RateLimiter::direct_with_clock(reencrypt_quota(50), clock.clone());
+    assert!(limiter.check().is_ok(), "the first write goes at once");
+    assert!(limiter.check().is_err(), "no burst: the second waits");
+    clock.advance(Duration::from_millis(19));
+    assert!(limiter.check().is_err(), "not before 1/50 s");
+    clock.advance(Duration::from_millis(1));
+    assert!(limiter.check().is_ok(), "then one more");
+    // A rate of zero is refused by the flag; here it means one a second, not a panic.
+    let slow = governor::RateLimiter::direct_with_clock(reencrypt_quota(0), clock.clone());
+    assert!(slow.check().is_ok());
+    clock.advance(Duration::from_millis(999));
+    assert!(slow.check().is_err());
+    clock.advance(Duration::from_millis(1));
+    assert!(slow.check().is_ok());
+}
+
+#[test]
 fn rotation_requests_parse() {
     let (kind, at) = parse_request("data-key@2026-11-27T22:00:00Z").expect("parses");
     assert_eq!(kind, KeyKind::DataKey);
