@@ -1,8 +1,16 @@
-//! `Duration`: a Go-style duration string (`30s`, `5m`, `1h30m`, `250ms`).
+//! Durations, in one place: [`Duration`], the Go-style text of CRD fields (`30s`, `5m`,
+//! `1h30m`, `250ms`), and [`parse_period`], the flags' periods, which also take days
+//! (`30d`). Both are read by the same scanner, and the number by kube's Go-compatible
+//! parser ([`kube::core::Duration`]), so the operator reads `1h30m` exactly as the API
+//! server's CEL `duration()` does.
 //!
-//! Kept as the text the user wrote, so reading and writing an object never rewrites `5m`
-//! as `300s` (GitOps tools would see drift). The CRD schema gives the pattern; the bounds
-//! of each use (interval, timeout, ...) are CEL rules on the field that uses it.
+//! A CRD value is kept as the text the user wrote, so reading and writing an object never
+//! rewrites `5m` as `300s` (GitOps tools would see drift). The CRD schema gives the
+//! pattern; the bounds of each use (interval, timeout, ...) are CEL rules on the field that
+//! uses it.
+//!
+//! What it must never do: panic on any text. kube's parser panics on a number too large
+//! for `std::time::Duration`, so the scanner bounds every number before it gets there.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -105,60 +113,117 @@ impl JsonSchema for Duration {
     }
 }
 
+/// Longest accepted flag text; bounds the sum of its parts.
+const PERIOD_MAX_LEN: usize = 64;
+
+/// Integer digits allowed in one part: 10^12 days is still far inside `std::time::Duration`,
+/// and kube's parser panics on a part too large for it, so larger numbers never reach it.
+const MAX_DIGITS: usize = 12;
+
+/// Parses a period flag such as `30d`, `12h`, `90s`, `500ms` or `1d12h`: units `d`, `h`, `m`,
+/// `s`, `ms`, whole numbers only. The same code as [`Duration`], plus days (a day is 24 h
+/// here: these are ages of keys, not calendar days).
+pub fn parse_period(text: &str) -> Result<std::time::Duration, String> {
+    let invalid = || format!("invalid period {text:?}: expected e.g. 30d, 12h, 5m, 90s or 500ms");
+    let text = text.trim();
+    if text.len() > PERIOD_MAX_LEN {
+        return Err(invalid());
+    }
+    let parts = scan(text, Syntax::Period).map_err(|_| invalid())?;
+    to_std(&parts).map_err(|_| invalid())
+}
+
 /// Parses exactly the language of [`DURATION_PATTERN`].
 fn parse(text: &str) -> Result<std::time::Duration, ApiError> {
     let invalid = |reason: &'static str| ApiError::InvalidDuration {
         value: text.to_owned(),
         reason,
     };
-    if text.is_empty() {
-        return Err(invalid("it is empty"));
-    }
     if text.len() > DURATION_MAX_LEN {
         return Err(invalid("it is longer than 32 characters"));
     }
-    let mut total = std::time::Duration::ZERO;
+    let parts = scan(text, Syntax::Go).map_err(invalid)?;
+    to_std(&parts).map_err(invalid)
+}
+
+/// Which language a text is read in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Syntax {
+    /// Go's `time.ParseDuration`, less `us`, `ns` and the sign: what CRD fields take.
+    Go,
+    /// Whole numbers, and days as well: what the rotation flags take.
+    Period,
+}
+
+/// One `<number><unit>` of a duration text.
+struct Part<'a> {
+    number: &'a str,
+    unit: &'static str,
+}
+
+/// Splits `text` into checked parts, so that what reaches kube's parser is in its language
+/// and small enough for it.
+fn scan(text: &str, syntax: Syntax) -> Result<Vec<Part<'_>>, &'static str> {
+    if text.is_empty() {
+        return Err("it is empty");
+    }
+    let mut parts = Vec::new();
     let mut rest = text;
     while !rest.is_empty() {
         let int_len = rest
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
         if int_len == 0 {
-            return Err(invalid("each part must start with a number"));
+            return Err("each part must start with a number");
+        }
+        if int_len > MAX_DIGITS {
+            return Err("it is out of range");
         }
         let mut number_len = int_len;
         if rest[int_len..].starts_with('.') {
+            if syntax == Syntax::Period {
+                return Err("whole numbers only");
+            }
             let frac_len = rest[int_len + 1..]
                 .find(|c: char| !c.is_ascii_digit())
                 .unwrap_or(rest.len() - int_len - 1);
             if frac_len == 0 {
-                return Err(invalid("a decimal point must be followed by digits"));
+                return Err("a decimal point must be followed by digits");
             }
             number_len = int_len + 1 + frac_len;
         }
-        let number: f64 = rest[..number_len]
-            .parse()
-            .map_err(|_| invalid("a number does not parse"))?;
+        let number = &rest[..number_len];
         rest = &rest[number_len..];
-        let (unit_secs, unit_len) = if rest.starts_with("ms") {
-            (0.001, 2)
-        } else if rest.starts_with('s') {
-            (1.0, 1)
-        } else if rest.starts_with('m') {
-            (60.0, 1)
-        } else if rest.starts_with('h') {
-            (3600.0, 1)
-        } else {
-            return Err(invalid("each number needs a unit: h, m, s or ms"));
-        };
-        rest = &rest[unit_len..];
-        let part = std::time::Duration::try_from_secs_f64(number * unit_secs)
-            .map_err(|_| invalid("it is out of range"))?;
-        total = total
-            .checked_add(part)
-            .ok_or_else(|| invalid("it is out of range"))?;
+        // `ms` before `m`: the longest unit that matches.
+        let unit = ["ms", "h", "m", "s", "d"]
+            .into_iter()
+            .find(|u| rest.starts_with(u) && (*u != "d" || syntax == Syntax::Period))
+            .ok_or("each number needs a unit: h, m, s or ms")?;
+        rest = &rest[unit.len()..];
+        parts.push(Part { number, unit });
     }
-    Ok(total)
+    Ok(parts)
+}
+
+/// The length of time of checked parts, by kube's Go-compatible parser (days become hours,
+/// which it knows).
+fn to_std(parts: &[Part<'_>]) -> Result<std::time::Duration, &'static str> {
+    let mut go = String::new();
+    for part in parts {
+        if part.unit == "d" {
+            let days: u64 = part.number.parse().map_err(|_| "a number does not parse")?;
+            go.push_str(&days.saturating_mul(24).to_string());
+            go.push('h');
+        } else {
+            go.push_str(part.number);
+            go.push_str(part.unit);
+        }
+    }
+    let parsed: kube::core::Duration = go.parse().map_err(|_| "a number does not parse")?;
+    if parsed.is_negative() {
+        return Err("it is negative");
+    }
+    Ok(parsed.into())
 }
 
 #[cfg(test)]
@@ -218,5 +283,50 @@ mod tests {
             "153ms"
         );
         assert_eq!(Duration::from_std(StdDuration::ZERO).as_str(), "0s");
+    }
+
+    #[test]
+    fn huge_numbers_are_out_of_range_not_a_panic() {
+        for text in [
+            "9999999999999999999999999999h",
+            "999999999999999.5s",
+            "1e400h",
+        ] {
+            assert!(Duration::new(text).is_err(), "{text:?}");
+        }
+        assert!(parse_period("99999999999999999999d").is_err());
+        assert!(
+            parse_period(&"999999999999d".repeat(4)).is_ok(),
+            "bounded parts add up"
+        );
+    }
+
+    #[test]
+    fn periods_parse_with_days() {
+        assert_eq!(parse_period("30d"), Ok(StdDuration::from_secs(30 * 86_400)));
+        assert_eq!(parse_period("12h"), Ok(StdDuration::from_secs(12 * 3600)));
+        assert_eq!(parse_period("90s"), Ok(StdDuration::from_secs(90)));
+        assert_eq!(parse_period("1m"), Ok(StdDuration::from_secs(60)));
+        assert_eq!(parse_period("250ms"), Ok(StdDuration::from_millis(250)));
+        assert_eq!(parse_period("1d12h"), Ok(StdDuration::from_secs(36 * 3600)));
+        assert_eq!(parse_period(" 5m "), Ok(StdDuration::from_secs(300)));
+        for bad in [
+            "",
+            "d",
+            "30",
+            "30x",
+            "-1d",
+            "1.5h",
+            "99999999999999999999d",
+            "5us",
+        ] {
+            assert!(parse_period(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn days_are_only_for_periods() {
+        assert!(Duration::new("1d").is_err());
+        assert_eq!(parse_period("1d"), parse_period("24h"));
     }
 }

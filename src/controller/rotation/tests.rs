@@ -1,10 +1,11 @@
 //! Rotation over the in-memory store, including a crash after every single write.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use super::*;
-use crate::crypto::Plaintext;
-use crate::store::{MemoryStore, RootKeySet};
+use crate::crypto::{ItemBinding, Plaintext};
+use crate::store::{ItemKey, ItemRecord, MemoryStore, RootKeySet};
 
 const NS: &str = "shop";
 const RECORDS: usize = 6;
@@ -196,16 +197,23 @@ fn request() -> Trigger {
 }
 
 #[test]
-fn periods_parse_with_days() {
-    assert_eq!(parse_period("30d"), Ok(Duration::from_secs(30 * 86_400)));
-    assert_eq!(parse_period("12h"), Ok(Duration::from_secs(12 * 3600)));
-    assert_eq!(parse_period("90s"), Ok(Duration::from_secs(90)));
-    assert_eq!(parse_period("1m"), Ok(Duration::from_secs(60)));
-    assert_eq!(parse_period("250ms"), Ok(Duration::from_millis(250)));
-    assert_eq!(parse_period("1d12h"), Ok(Duration::from_secs(36 * 3600)));
-    for bad in ["", "d", "30", "30x", "-1d", "1.5h", "99999999999999999999d"] {
-        assert!(parse_period(bad).is_err(), "{bad:?} should not parse");
-    }
+fn re_encryption_is_paced_one_write_at_a_time() {
+    use governor::clock::FakeRelativeClock;
+    let clock = FakeRelativeClock::default();
+    let limiter = governor::RateLimiter::direct_with_clock(reencrypt_quota(50), clock.clone());
+    assert!(limiter.check().is_ok(), "the first write goes at once");
+    assert!(limiter.check().is_err(), "no burst: the second waits");
+    clock.advance(Duration::from_millis(19));
+    assert!(limiter.check().is_err(), "not before 1/50 s");
+    clock.advance(Duration::from_millis(1));
+    assert!(limiter.check().is_ok(), "then one more");
+    // A rate of zero is refused by the flag; here it means one a second, not a panic.
+    let slow = governor::RateLimiter::direct_with_clock(reencrypt_quota(0), clock.clone());
+    assert!(slow.check().is_ok());
+    clock.advance(Duration::from_millis(999));
+    assert!(slow.check().is_err());
+    clock.advance(Duration::from_millis(1));
+    assert!(slow.check().is_ok());
 }
 
 #[test]

@@ -1,0 +1,320 @@
+//! The rest of a data key rotation: records re-encrypted at a bounded rate onto the
+//! current key, and old keys destroyed once no record uses them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::Quota;
+
+use crate::crypto::{CryptoError, DataCipher, ItemBinding};
+use crate::crypto::{Environment, reencrypt};
+use crate::store::{ItemKey, ItemRecord, Store, Versioned};
+use crate::store::{Keys, unix_now};
+
+use super::{Reporting, RotationConfig, RotationError, change_keyring, read_keyring};
+
+/// Re-encryption passes per check: records re-ingested meanwhile are already current, so
+/// a second pass only finds records a concurrent rotation left behind.
+const MAX_PASSES: u32 = 3;
+
+/// How often re-encryption reports its progress in the log.
+const PROGRESS_EVERY: usize = 100;
+
+/// What a re-encryption pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReencryptOutcome {
+    /// Records moved to the current key.
+    pub reencrypted: usize,
+    /// Records changed underneath (re-ingested or deleted): left to the next pass.
+    pub conflicts: usize,
+    /// Records that could not be re-encrypted (logged); they keep their old key.
+    pub failed: usize,
+    /// Records found on old versions at the start of the pass.
+    pub found: usize,
+}
+
+/// Paces re-encryption writes: a GCRA limiter from `governor`.
+pub type RateLimiter = governor::DefaultDirectRateLimiter;
+
+/// At most `rate` writes per second (at least one), spaced out: a burst of one, so a
+/// rotation never sends the API server a flood, even right after a pause.
+pub fn reencrypt_quota(rate: u32) -> Quota {
+    Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN)).allow_burst(NonZeroU32::MIN)
+}
+
+/// A limiter of [`reencrypt_quota`].
+pub fn rate_limiter(rate: u32) -> RateLimiter {
+    RateLimiter::direct(reencrypt_quota(rate))
+}
+
+/// Moves every record of `namespace` that is on an old data key to the current one, at
+/// most `limiter`'s rate. Each record is one CAS write; a conflict means the item was
+/// re-ingested (under the current key) or deleted meanwhile, and is skipped.
+pub async fn reencrypt_environment<S: Store>(
+    keys: &Keys<S>,
+    namespace: &str,
+    limiter: &RateLimiter,
+    reporting: &Reporting,
+) -> Result<ReencryptOutcome, RotationError> {
+    let keyring = read_keyring(keys.store()).await?.value;
+    let env = keyring.environment(namespace)?;
+    let mut outcome = ReencryptOutcome::default();
+    if env.data_keys.len() <= 1 {
+        return Ok(outcome);
+    }
+    let root = keys.root_for(&keyring).await?;
+    let to = keyring.current_data_cipher(&root, namespace)?;
+    let old: Vec<(ItemKey, Versioned<ItemRecord>)> = keys
+        .store()
+        .list_records()
+        .await?
+        .into_iter()
+        .filter(|(key, record)| {
+            key.namespace == namespace && record.value.key_version != to.version()
+        })
+        .collect();
+    outcome.found = old.len();
+    if old.is_empty() {
+        return Ok(outcome);
+    }
+    tracing::info!(
+        namespace,
+        current = to.version(),
+        remaining = old.len(),
+        "re-encrypting records onto the current data key"
+    );
+    let mut ciphers: BTreeMap<u32, DataCipher> = BTreeMap::new();
+    let mut fields_encrypted = 0u64;
+    for (done, (key, record)) in old.iter().enumerate() {
+        if let Some(m) = reporting.metrics() {
+            m.remaining
+                .set(i64::try_from(old.len() - done).unwrap_or(i64::MAX));
+        }
+        limiter.until_ready().await;
+        let version = record.value.key_version;
+        if let std::collections::btree_map::Entry::Vacant(slot) = ciphers.entry(version) {
+            match keyring.data_cipher(&root, namespace, version) {
+                Ok(cipher) => {
+                    slot.insert(cipher);
+                }
+                Err(e) => {
+                    tracing::error!(%key, version, error = %e, "record is on a data key the keyring cannot open");
+                    outcome.failed += 1;
+                    continue;
+                }
+            }
+        }
+        let Some(from) = ciphers.get(&version) else {
+            continue;
+        };
+        let next = match reencrypt_record(from, &to, key, &record.value) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(%key, version, error = %e, "cannot re-encrypt record");
+                outcome.failed += 1;
+                continue;
+            }
+        };
+        match keys
+            .store()
+            .put_record(key, &next, Some(&record.resource_version))
+            .await
+        {
+            Ok(_) => {
+                outcome.reencrypted += 1;
+                fields_encrypted += next.fields.len() as u64;
+                if let Some(m) = reporting.metrics() {
+                    m.reencrypted.inc();
+                }
+            }
+            Err(e) if e.is_conflict() => outcome.conflicts += 1,
+            Err(e) => {
+                keys.count_encryptions(namespace, fields_encrypted);
+                return Err(e.into());
+            }
+        }
+        if (done + 1) % PROGRESS_EVERY == 0 {
+            tracing::info!(
+                namespace,
+                current = to.version(),
+                reencrypted = outcome.reencrypted,
+                remaining = old.len() - done - 1,
+                "re-encryption progress"
+            );
+        }
+    }
+    keys.count_encryptions(namespace, fields_encrypted);
+    if let Some(m) = reporting.metrics() {
+        m.remaining
+            .set(i64::try_from(outcome.conflicts + outcome.failed).unwrap_or(i64::MAX));
+    }
+    tracing::info!(
+        namespace,
+        current = to.version(),
+        ?outcome,
+        "re-encryption pass done"
+    );
+    Ok(outcome)
+}
+
+/// The record with every field on `to`'s key. Pure: the caller writes it by CAS.
+fn reencrypt_record(
+    from: &DataCipher,
+    to: &DataCipher,
+    key: &ItemKey,
+    record: &ItemRecord,
+) -> Result<ItemRecord, CryptoError> {
+    let mut next = record.clone();
+    for (field, text) in next.fields.iter_mut() {
+        let binding = ItemBinding {
+            namespace: &key.namespace,
+            item: &key.name,
+            uid: &record.uid,
+            field,
+        };
+        if let Some(moved) = reencrypt(from, to, &binding, text)? {
+            *text = moved;
+        }
+    }
+    next.key_version = to.version();
+    Ok(next)
+}
+
+/// Destroys every data key version of `namespace` that no record uses, once the current
+/// key is older than `grace`. `in_use` comes from a record list taken after the grace, so
+/// an ingest that raced the rotation is seen. Returns the destroyed versions.
+pub async fn retire_unused_data_keys<S: Store>(
+    keys: &Keys<S>,
+    namespace: &str,
+    grace: Duration,
+    reporting: &Reporting,
+) -> Result<Vec<u32>, RotationError> {
+    let keyring = read_keyring(keys.store()).await?.value;
+    if !grace_elapsed(keyring.environment(namespace)?, grace, unix_now()) {
+        return Ok(Vec::new());
+    }
+    if keyring.environment(namespace)?.data_keys.len() <= 1 {
+        return Ok(Vec::new());
+    }
+    let in_use: BTreeSet<u32> = keys
+        .store()
+        .list_records()
+        .await?
+        .into_iter()
+        .filter(|(key, _)| key.namespace == namespace)
+        .map(|(_, record)| record.value.key_version)
+        .collect();
+    let now = unix_now();
+    let mut retired = Vec::new();
+    change_keyring(keys, |keyring, _| {
+        retired.clear();
+        // A rotation since our read restarts the grace: its predecessor may still gain
+        // records from a racing ingest.
+        if !grace_elapsed(keyring.environment(namespace)?, grace, now) {
+            return Ok(false);
+        }
+        for version in keyring.retirable_data_keys(namespace, &in_use) {
+            keyring.retire_data_key(namespace, version, &in_use)?;
+            retired.push(version);
+        }
+        Ok(!retired.is_empty())
+    })
+    .await?;
+    if !retired.is_empty() {
+        tracing::info!(namespace, versions = ?retired, "destroyed unused data keys");
+        if let Some(m) = reporting.metrics() {
+            m.retired.inc_by(retired.len() as u64);
+        }
+    }
+    Ok(retired)
+}
+
+fn grace_elapsed(env: &Environment, grace: Duration, now: i64) -> bool {
+    let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+    env.data_keys
+        .get(&env.current_data_key)
+        .is_some_and(|k| now.saturating_sub(k.created_at) >= grace)
+}
+
+/// Where a data key rotation of one environment stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataKeyState {
+    pub current: u32,
+    /// Every data key version still held, current included.
+    pub versions: Vec<u32>,
+}
+
+impl DataKeyState {
+    pub fn finished(&self) -> bool {
+        self.versions == [self.current]
+    }
+}
+
+/// Re-encrypts `namespace`'s old records and retires unused keys: the part of a data key
+/// rotation after the new key exists. Safe to run any number of times, concurrently with
+/// the operator. With `wait_for_grace`, sleeps out the retire grace instead of leaving the
+/// retirement to a later call.
+pub async fn finish_data_key_rotation<S: Store>(
+    keys: &Keys<S>,
+    namespace: &str,
+    config: &RotationConfig,
+    wait_for_grace: bool,
+    reporting: &Reporting,
+) -> Result<DataKeyState, RotationError> {
+    let limiter = rate_limiter(config.reencrypt_rate);
+    let mut total = ReencryptOutcome::default();
+    for _ in 0..MAX_PASSES {
+        let pass = reencrypt_environment(keys, namespace, &limiter, reporting).await?;
+        total.reencrypted += pass.reencrypted;
+        total.failed = pass.failed;
+        if pass.found == 0 || pass.found == pass.failed {
+            break;
+        }
+    }
+    if wait_for_grace {
+        let keyring = read_keyring(keys.store()).await?.value;
+        let env = keyring.environment(namespace)?;
+        if env.data_keys.len() > 1 {
+            let created = env
+                .data_keys
+                .get(&env.current_data_key)
+                .map_or(0, |k| k.created_at);
+            let grace = i64::try_from(config.retire_grace.as_secs()).unwrap_or(i64::MAX);
+            let left = created.saturating_add(grace).saturating_sub(unix_now());
+            if left > 0 {
+                tracing::info!(namespace, seconds = left, "waiting out the retire grace");
+                tokio::time::sleep(Duration::from_secs(left.unsigned_abs())).await;
+            }
+        }
+    }
+    let retired = retire_unused_data_keys(keys, namespace, config.retire_grace, reporting).await?;
+    let keyring = read_keyring(keys.store()).await?.value;
+    let env = keyring.environment(namespace)?;
+    let state = DataKeyState {
+        current: env.current_data_key,
+        versions: env.data_keys.keys().copied().collect(),
+    };
+    if !retired.is_empty() && state.finished() {
+        reporting
+            .event(
+                namespace,
+                "DataKeyRotationComplete",
+                format!(
+                    "every record is on data key version {}; destroyed versions {retired:?}",
+                    state.current
+                ),
+            )
+            .await;
+    }
+    if total.reencrypted > 0 || !retired.is_empty() {
+        tracing::info!(
+            namespace,
+            current = state.current,
+            versions = ?state.versions,
+            reencrypted = total.reencrypted,
+            "data key rotation progress"
+        );
+    }
+    Ok(state)
+}
