@@ -21,6 +21,7 @@ mod envelope;
 mod error;
 mod keyring;
 mod keys;
+pub mod pkcs12;
 mod sealing;
 mod stamp;
 
