@@ -58,6 +58,8 @@ pub enum Error {
     CacheClosed,
     #[error("the monitor cache has not finished its first list after {0:?}; retrying")]
     CacheNotReady(std::time::Duration),
+    #[error("another certificate archive is still being read after {0:?}; retrying")]
+    ArchiveBusy(std::time::Duration),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -73,6 +75,7 @@ impl Error {
             Error::Crypto(_) => "crypto",
             Error::Finalizer(_) => "finalizer",
             Error::CacheClosed | Error::CacheNotReady(_) => "cache",
+            Error::ArchiveBusy(_) => "archive_busy",
         }
     }
 }

@@ -287,9 +287,12 @@ async fn ingest<S: Store>(
     let certificate = match archive {
         Some(archive) => match certificate::read_archive(archive, archive_password).await {
             Ok(info) => Some(info),
+            Err(certificate::CertificateError::ArchiveBusy) => {
+                return Err(Error::ArchiveBusy(certificate::ARCHIVE_DEADLINE));
+            }
             Err(e) => {
                 return Ok(Err(NotReady {
-                    reason: "CertificateArchiveInvalid",
+                    reason: e.archive_reason(),
                     message: e.to_string(),
                 }));
             }

@@ -14,6 +14,9 @@
 //!        ├─ data key (AES-256-GCM)    → DataCipher: item ciphertext in the store ("mv1.d.")
 //!        └─ sealing key pair (X-Wing) → seal()/SealingOpener: HPKE envelopes ("mv2.s.")
 //! ```
+//!
+//! [`pkcs12`] reads the one hostile format the vault must open itself: PKCS#12 archives,
+//! held to limits before any key derivation runs.
 
 mod aad;
 mod data;
@@ -21,6 +24,7 @@ mod envelope;
 mod error;
 mod keyring;
 mod keys;
+pub mod pkcs12;
 mod sealing;
 mod stamp;
 

@@ -25,6 +25,7 @@
 //!   never that on a dry run: the webhooks are registered with `sideEffects: NoneOnDryRun`;
 //! - panic on any input.
 
+pub mod archives;
 pub mod authorize;
 pub mod deletes;
 pub mod handlers;

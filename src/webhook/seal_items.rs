@@ -228,6 +228,7 @@ async fn admit<S: Store, A: Authorizer>(
         }
         keyring = Some(ring);
     }
+    super::archives::refuse_costly_archive(keys, namespace, name, &spec, old_spec.as_ref()).await?;
 
     let mut ops: Vec<Value> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
