@@ -32,6 +32,8 @@ fn example_archive() -> &'static str {
 fn seal_field(key: &SealingPublicKey, ns: &str, item: &str, field: &str, value: &[u8]) -> String {
     let binding = SealBinding {
         namespace: ns,
+        section: "checkout",
+        item_type: "CertificateArchive",
         item,
         field,
     };

@@ -45,6 +45,8 @@ pub async fn refuse_costly_archive<S: Store>(
         let root = keys.root_for(&ring).await?;
         let binding = SealBinding {
             namespace,
+            section: &spec.section,
+            item_type: spec.item_type.as_str(),
             item: name,
             field: FIELD.as_str(),
         };
@@ -53,6 +55,7 @@ pub async fn refuse_costly_archive<S: Store>(
             .map_err(|reason| SealError::SealedRefused {
                 field: FIELD,
                 namespace: namespace.to_owned(),
+                section: spec.section.clone(),
                 item: name.to_owned(),
                 reason,
             })?;
