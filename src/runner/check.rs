@@ -458,12 +458,28 @@ async fn read_body(
     Ok((body, false))
 }
 
+/// The errors under a client error, outermost first. An `io::Error` shows its inner error
+/// only through `get_ref` (its `source` skips a level), so the walk goes through it.
+fn causes(err: &reqwest::Error) -> Vec<&(dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut next = err.source();
+    while let Some(e) = next {
+        out.push(e);
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    out
+}
+
 /// The result an HTTP client error stands for, and a message from its whole chain.
 fn classify(err: &reqwest::Error, url: &Url) -> Refusal {
-    let target = origin_and_path(url);
-    let mut tls = false;
-    let mut source = err.source();
-    while let Some(e) = source {
+    let causes = causes(err);
+    for e in &causes {
         let refused = e
             .downcast_ref::<ResolveError>()
             .and_then(|r| match r {
@@ -479,16 +495,10 @@ fn classify(err: &reqwest::Error, url: &Url) -> Refusal {
                 refused.to_string(),
             );
         }
-        let io_inner = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref());
-        if e.downcast_ref::<rustls::Error>().is_some()
-            || io_inner.is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-        {
-            tls = true;
-        }
-        source = e.source();
     }
+    let tls = causes
+        .iter()
+        .any(|e| e.downcast_ref::<rustls::Error>().is_some());
     let result = if tls {
         CheckResult::Tls
     } else if err.is_timeout() {
@@ -500,21 +510,23 @@ fn classify(err: &reqwest::Error, url: &Url) -> Refusal {
     };
     Refusal::new(
         result,
-        format!("request to {target} failed: {}", chain_text(err)),
+        format!(
+            "request to {} failed: {}",
+            origin_and_path(url),
+            chain_text(err)
+        ),
     )
 }
 
-/// An error's sources, joined; the top level of a reqwest error (which quotes the whole
-/// URL) is left out, and repeats (an io::Error shows its inner error) are shown once.
+/// An error's causes, joined; the top level of a reqwest error (which quotes the whole
+/// URL) is left out, and a cause shown again by its wrapper is shown once.
 fn chain_text(err: &reqwest::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut source = err.source();
-    while let Some(e) = source {
+    for e in causes(err) {
         let text = e.to_string();
-        if parts.last() != Some(&text) {
+        if !parts.last().is_some_and(|last| last.ends_with(&text)) {
             parts.push(text);
         }
-        source = e.source();
     }
     if parts.is_empty() {
         parts.push(kind_text(err));

@@ -39,6 +39,9 @@ pub mod scrub;
 pub mod tls;
 pub mod totp;
 
+#[cfg(test)]
+mod test_support;
+
 pub use check::{BODY_EXCERPT_BYTES, MAX_BODY_BYTES, run_check};
 pub use items::{ClientIdentity, OtpSeed, ResolvedItem, ResolvedItems};
 pub use network::NetworkPolicy;

@@ -125,6 +125,143 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::monitor::MonitorSpec;
+    use crate::runner::hosts::parse_url;
+    use crate::runner::items::ResolvedItems;
+    use crate::runner::test_support::*;
+
+    fn url(text: &str) -> Url {
+        parse_url(text).unwrap()
+    }
+
+    fn follow(
+        chain: &mut Chain,
+        plan: &Plan<'_>,
+        items: &ResolvedItems,
+        to: &str,
+        send_body: bool,
+    ) -> Result<(), Refusal> {
+        let secrets = UsedSecrets::from_items(items);
+        chain.follow(plan, &secrets, &url(to), to, send_body)
+    }
+
+    #[test]
+    fn a_redirect_to_a_host_a_carried_item_does_not_allow_is_blocked() {
+        let items: ResolvedItems = [secret("t", "tok", &["a.test"])].into_iter().collect();
+        let mut spec = MonitorSpec::new("https://a.test/");
+        spec.headers
+            .push(header("X-API-Key", "{{@VaultItem.t.Value}}"));
+        let plan = Plan::new(&spec, &items).unwrap();
+        let mut chain = Chain::new();
+        let r = follow(&mut chain, &plan, &items, "https://b.test/x", false).unwrap_err();
+        assert_eq!(
+            r.result,
+            CheckResult::RedirectBlocked {
+                host: "b.test".into()
+            }
+        );
+        assert!(r.message.contains("vault item t"), "{}", r.message);
+        // Same host, other path: fine.
+        assert!(follow(&mut chain, &plan, &items, "https://a.test/y", false).is_ok());
+    }
+
+    #[test]
+    fn a_certificate_that_left_its_hosts_is_never_presented_again() {
+        let items: ResolvedItems = [
+            secret("t", "tok", &["a.test", "b.test"]),
+            certificate("cert", &["a.test"]),
+        ]
+        .into_iter()
+        .collect();
+        let mut spec = MonitorSpec::new("https://a.test/start");
+        spec.headers
+            .push(header("X-API-Key", "{{@VaultItem.t.Value}}"));
+        client_certificate(&mut spec, "cert");
+        let plan = Plan::new(&spec, &items).unwrap();
+        let mut chain = Chain::new();
+        assert!(chain.presents_certificate(&plan, &url("https://a.test/start")));
+        follow(&mut chain, &plan, &items, "https://b.test/x", false).unwrap();
+        assert!(!chain.presents_certificate(&plan, &url("https://b.test/x")));
+        follow(&mut chain, &plan, &items, "https://a.test/end", false).unwrap();
+        assert!(!chain.presents_certificate(&plan, &url("https://a.test/end")));
+        assert_eq!(chain.dropped(), &BTreeSet::from(["cert".to_owned()]));
+        assert_eq!(
+            plan.carried(chain.dropped(), false),
+            BTreeSet::from(["t".to_owned()])
+        );
+    }
+
+    #[test]
+    fn a_hop_to_plain_http_drops_every_secret_even_on_the_same_host() {
+        let items: ResolvedItems = [
+            secret("t", "tok", &["a.test"]),
+            credential_set("login", "bot", "pw", &["a.test"]),
+        ]
+        .into_iter()
+        .collect();
+        let mut spec = MonitorSpec::new("https://a.test/");
+        spec.headers
+            .push(header("X-API-Key", "{{@VaultItem.t.Value}}"));
+        basic(&mut spec, "login");
+        let plan = Plan::new(&spec, &items).unwrap();
+        let mut chain = Chain::new();
+        follow(&mut chain, &plan, &items, "http://a.test/", false).unwrap();
+        assert!(plan.carried(chain.dropped(), false).is_empty());
+        // Later hops carry nothing, so even another host is no longer blocked.
+        follow(&mut chain, &plan, &items, "https://b.test/", false).unwrap();
+        assert!(plan.carried(chain.dropped(), false).is_empty());
+        assert!(follow(&mut chain, &plan, &items, "https://a.test/", false).is_ok());
+        assert!(plan.carried(chain.dropped(), false).is_empty());
+    }
+
+    #[test]
+    fn a_location_that_echoes_a_secret_is_followed_only_where_the_item_may_go() {
+        let items: ResolvedItems = [secret("t", "s3cr3t/tok", &["a.test"])]
+            .into_iter()
+            .collect();
+        let spec = MonitorSpec::new("https://a.test/?k={{@VaultItem.t.Value}}");
+        let plan = Plan::new(&spec, &items).unwrap();
+        for to in [
+            "https://b.test/?k=s3cr3t%2Ftok",
+            "https://b.test/?k=s3cr3t/tok",
+            "http://a.test/?k=s3cr3t%2ftok",
+            "https://b.test/?k=czNjcjN0L3Rvaw",
+        ] {
+            let r = follow(&mut Chain::new(), &plan, &items, to, false).unwrap_err();
+            assert_eq!(r.result.reason(), "RedirectBlocked", "{to}");
+        }
+        assert!(
+            follow(
+                &mut Chain::new(),
+                &plan,
+                &items,
+                "https://a.test/?k=s3cr3t%2Ftok",
+                false
+            )
+            .is_ok()
+        );
+        // The URL-only item is not carried to b.test; without an echo the hop is fine, and
+        // the item has left its hosts.
+        let mut chain = Chain::new();
+        follow(&mut chain, &plan, &items, "https://b.test/", false).unwrap();
+        assert!(chain.dropped().contains("t"));
+    }
+
+    #[test]
+    fn a_body_dropped_by_a_303_no_longer_pins_the_chain() {
+        let items: ResolvedItems = [secret("t", "tok", &["a.test"])].into_iter().collect();
+        let mut spec = MonitorSpec::new("https://a.test/login");
+        spec.method = crate::api::monitor::HttpMethod::Post;
+        spec.body = Some("token={{@VaultItem.t.Value}}".into());
+        let plan = Plan::new(&spec, &items).unwrap();
+        // 307 keeps the body: blocked.
+        let r = follow(&mut Chain::new(), &plan, &items, "https://b.test/", true).unwrap_err();
+        assert_eq!(r.result.reason(), "RedirectBlocked");
+        // 303 drops it: followed, and the item is gone for good.
+        let mut chain = Chain::new();
+        follow(&mut chain, &plan, &items, "https://b.test/", false).unwrap();
+        assert!(chain.dropped().contains("t"));
+    }
 
     #[test]
     fn methods_follow_the_fetch_rules() {
