@@ -41,8 +41,12 @@ pub async fn run_check(
     net: &NetworkPolicy,
 ) -> CheckReport {
     let mut secrets = UsedSecrets::from_items(items);
-    let report = run(spec, items, trust, net, &mut secrets).await;
-    report.scrubbed(&secrets.scrubber())
+    let (report, body) = run(spec, items, trust, net, &mut secrets).await;
+    // Built once, after the last TOTP code was made.
+    let scrubber = secrets.scrubber();
+    let mut report = report.scrubbed(&scrubber);
+    report.body_excerpt = body.map(|body| scrubber.excerpt(&body, BODY_EXCERPT_BYTES));
+    report
 }
 
 async fn run(
@@ -51,15 +55,16 @@ async fn run(
     trust: &Trust,
     net: &NetworkPolicy,
     secrets: &mut UsedSecrets,
-) -> CheckReport {
+) -> (CheckReport, Option<Vec<u8>>) {
     let mut prepared = match prepare(spec, items, trust, net, secrets) {
         Ok(prepared) => prepared,
-        Err(refusal) => return CheckReport::refused(refusal.result, refusal.message),
+        Err(refusal) => return (CheckReport::refused(refusal.result, refusal.message), None),
     };
     let mut trail = Trail::default();
     let timeout = prepared.timeout;
     let outcome = tokio::time::timeout(timeout, follow(&mut prepared, &mut trail, secrets)).await;
     let mut report = CheckReport::refused(CheckResult::Timeout, String::new());
+    let mut body = None;
     match outcome {
         Ok(Ok(last)) => {
             let assertions = evaluate(
@@ -87,8 +92,8 @@ async fn run(
             }
             report.status_code = Some(last.status);
             report.response_time = Some(last.elapsed);
-            report.body_excerpt = Some(secrets.scrubber().excerpt(&last.body, BODY_EXCERPT_BYTES));
             report.assertions = assertions;
+            body = Some(last.body);
         }
         Ok(Err(refusal)) => {
             report.result = refusal.result;
@@ -104,7 +109,7 @@ async fn run(
     }
     report.hops = trail.hops;
     report.items_sent = trail.items_sent;
-    report
+    (report, body)
 }
 
 /// What the check has sent so far.

@@ -48,4 +48,4 @@ pub use network::NetworkPolicy;
 pub use redirect::MAX_REDIRECTS;
 pub use report::{AssertionOutcome, CheckReport, CheckResult, Hop};
 pub use scrub::{MASK, Scrubber, ScrubberBuilder};
-pub use tls::Trust;
+pub use tls::{TlsSetupError, Trust};

@@ -10,6 +10,7 @@ use std::sync::{Arc, LazyLock};
 use rustls::RootCertStore;
 use rustls::client::ClientConfig;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use thiserror::Error;
 
@@ -26,9 +27,25 @@ pub enum Trust {
     Custom(Vec<CertificateDer<'static>>),
 }
 
+impl Trust {
+    /// Only the certificates in `pem` (a `Certificate` item's public PEM, one or more
+    /// `BEGIN CERTIFICATE` blocks).
+    pub fn from_pem(pem: &str) -> Result<Trust, TlsSetupError> {
+        let cas = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsSetupError::Pem(e.to_string()))?;
+        if cas.is_empty() {
+            return Err(TlsSetupError::NoCa);
+        }
+        Ok(Trust::Custom(cas))
+    }
+}
+
 /// Why a TLS configuration could not be built. Never holds key material.
 #[derive(Debug, Error)]
 pub enum TlsSetupError {
+    #[error("the CA certificate PEM does not parse: {0}")]
+    Pem(String),
     #[error("the CA certificate list is empty")]
     NoCa,
     #[error("CA certificate {index} cannot be used: {source}")]
@@ -157,6 +174,12 @@ mod tests {
         assert_eq!(store.len(), 1);
         assert!(matches!(
             root_store(&Trust::Custom(vec![])),
+            Err(TlsSetupError::NoCa)
+        ));
+        let from_pem = Trust::from_pem(&format!("{}\n{}", ca.cert.pem(), ca.cert.pem())).unwrap();
+        assert!(matches!(&from_pem, Trust::Custom(cas) if cas.len() == 2));
+        assert!(matches!(
+            Trust::from_pem("no pem here"),
             Err(TlsSetupError::NoCa)
         ));
         let junk = CertificateDer::from(b"not a certificate".to_vec());
