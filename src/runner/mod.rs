@@ -43,6 +43,7 @@ pub mod totp;
 mod test_support;
 
 pub use check::{BODY_EXCERPT_BYTES, MAX_BODY_BYTES, run_check};
+pub use ipnet::IpNet;
 pub use items::{ClientIdentity, OtpSeed, ResolvedItem, ResolvedItems};
 pub use network::NetworkPolicy;
 pub use redirect::MAX_REDIRECTS;
