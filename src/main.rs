@@ -95,6 +95,8 @@ struct RunArgs {
     #[command(flatten)]
     rotation: controller::rotation::RotationArgs,
     #[command(flatten)]
+    runner: cli::runner::RunnerArgs,
+    #[command(flatten)]
     webhook: WebhookArgs,
 }
 
@@ -231,6 +233,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         let metrics = Arc::new(Metrics::new(&mut registry));
         let rotation_metrics = Arc::new(controller::rotation::RotationMetrics::new(&mut registry));
         let admission_metrics = Arc::new(webhook::AdmissionMetrics::new(&mut registry));
+        let runner_metrics = Arc::new(monivault::runner::RunnerMetrics::new(&mut registry));
         let readiness = Readiness::default();
         server::start(args.metrics_addr, Arc::new(registry), readiness.clone()).await?;
 
@@ -244,13 +247,22 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         let webhooks = webhook::start(client.clone(), keys.clone(), settings).await?;
         readiness.set_ready();
         tracing::info!(namespace = %args.namespace, "monivault started");
-        let outcome = lead_and_control(args, client, keys, metrics, rotation_metrics).await;
+        let outcome = lead_and_control(
+            args,
+            client,
+            keys,
+            metrics,
+            rotation_metrics,
+            runner_metrics,
+        )
+        .await;
         webhooks.stop().await;
         outcome
     })
 }
 
-/// Waits for the leader Lease, then runs the controller and key rotation until shutdown.
+/// Waits for the leader Lease, then runs the controller, key rotation and the runner until
+/// shutdown.
 /// Returns an error if this replica loses the Lease.
 async fn lead_and_control(
     args: RunArgs,
@@ -258,6 +270,7 @@ async fn lead_and_control(
     keys: Arc<Keys<SecretStore>>,
     metrics: Arc<Metrics>,
     rotation_metrics: Arc<controller::rotation::RotationMetrics>,
+    runner_metrics: Arc<monivault::runner::RunnerMetrics>,
 ) -> Result<(), CliError> {
     {
         let lease = leader::LeaseSettings {
@@ -286,9 +299,19 @@ async fn lead_and_control(
                     Some(rotation_metrics),
                 ),
             );
+            // So does the runner: checks run only on the leader.
+            let runner = monivault::runner::run(
+                client.clone(),
+                keys.clone(),
+                args.runner
+                    .settings(args.watch_namespace.clone(), args.instance.clone()),
+                Some(runner_metrics),
+                std::future::pending(),
+            );
             tokio::select! {
                 () = controller::run(client, keys, args.namespace.clone(), args.watch_namespace, args.instance, metrics) => {},
                 () = rotation => {},
+                () = runner => {},
             }
             Ok::<(), leader::LeaderError>(())
         };

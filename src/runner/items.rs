@@ -4,8 +4,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use zeroize::Zeroizing;
-
 use crate::api::vault_item::{ItemType, OtpAlgorithm, OtpEncoding};
 use crate::crypto::Plaintext;
 
@@ -76,22 +74,9 @@ impl fmt::Debug for OtpSeed {
     }
 }
 
-/// A TLS client identity: a PKCS#8 private key and its certificate chain, leaf first. It
-/// stays in memory; nothing is written to disk.
-pub struct ClientIdentity {
-    pub private_key_pkcs8_der: Zeroizing<Vec<u8>>,
-    pub chain_der: Vec<Vec<u8>>,
-}
-
-impl fmt::Debug for ClientIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "ClientIdentity(key *****, {} certificates)",
-            self.chain_der.len()
-        )
-    }
-}
+/// A TLS client identity, read from a CertificateArchive by the vault engine. It stays in
+/// memory; nothing is written to disk.
+pub use crate::crypto::pkcs12::ClientIdentity;
 
 /// The resolved items of one check, by name.
 #[derive(Debug, Default)]
@@ -139,6 +124,7 @@ impl FromIterator<ResolvedItem> for ResolvedItems {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zeroize::Zeroizing;
 
     #[test]
     fn debug_never_shows_a_secret() {

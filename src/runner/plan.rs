@@ -211,9 +211,12 @@ impl<'a> Plan<'a> {
             .as_ref()
             .map(|c| c.certificate_archive.as_str().to_owned());
 
+        // A CA certificate (`tls.caCertificate`) is trust, not a secret: the caller turns
+        // it into the check's `Trust`, and nothing of it is carried.
         let mut referenced: BTreeSet<String> = spec
             .typed_item_refs()
             .iter()
+            .filter(|r| r.item_type != ItemType::Certificate)
             .map(|r| r.name.as_str().to_owned())
             .collect();
         for t in std::iter::once(&url)
@@ -461,6 +464,9 @@ impl<'a> Plan<'a> {
 
     fn check_typed_uses(&self) -> Result<(), Refusal> {
         for r in self.spec.typed_item_refs() {
+            if r.item_type == ItemType::Certificate {
+                continue;
+            }
             let item = self.item_or_missing(r.name.as_str())?;
             if item.item_type != r.item_type {
                 return Err(Refusal::unusable(

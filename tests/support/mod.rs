@@ -310,6 +310,25 @@ where
 /// the test's namespace, serving its operations endpoints on a free loopback port.
 /// Its stderr is collected as it comes (a full pipe would stall the process). Killed
 /// (SIGKILL) on drop.
+/// Host names the operators of the tests resolve to loopback: test servers listen there,
+/// each on its own port, and monitors and allowedHosts name them.
+pub const RUNNER_HOSTS: [&str; 6] = [
+    "shop.test",
+    "evil.test",
+    "partner.test",
+    "tarpit.test",
+    "a.test",
+    "b.test",
+];
+
+fn runner_resolve() -> String {
+    RUNNER_HOSTS
+        .iter()
+        .map(|host| format!("{host}=127.0.0.1"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub struct Operator {
     pub child: Child,
     stderr: Arc<Mutex<String>>,
@@ -361,6 +380,9 @@ impl Operator {
             ])
             .args(extra)
             .env("KUBECONFIG", c.var("KUBECONFIG"))
+            // Test targets listen on loopback under these names (see RUNNER_HOSTS).
+            .env("MONIVAULT_RUNNER_ALLOW_INTERNAL", "true")
+            .env("MONIVAULT_RUNNER_RESOLVE", runner_resolve())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
