@@ -1007,7 +1007,8 @@ async fn attack_a4_a_monitor_being_deleted_and_an_unfinished_run_keep_their_item
     let spare: VaultItem = serde_json::from_value(json!({
         "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
         "metadata": {"name": "spare"},
-        "spec": {"type": "Secret", "section": "checkout", "allowedHosts": ["shop.example.com"],
+        "spec": {"type": "Secret", "section": "checkout",
+                 "allowedHosts": ["shop.example.com", "api.test"],
                  "secret": {"value": fresh("e2e-a4-spare")}},
     }))
     .expect("item");
@@ -1043,12 +1044,23 @@ async fn attack_a4_a_monitor_being_deleted_and_an_unfinished_run_keep_their_item
         .await
         .expect("release held");
 
-    // A Test Now of an inline spec that has not finished.
+    // A Test Now of an inline spec that has not finished: its host accepts connections and
+    // never answers, so the run stays Running for its whole timeout.
+    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = tarpit.local_addr().expect("address").port();
+    let _tarpit = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = tarpit.accept().await {
+            held.push(socket);
+        }
+    });
     let runs: Api<MonitorRun> = w.api();
     let run: MonitorRun = serde_json::from_value(json!({
         "apiVersion": "monivault.io/v1alpha1", "kind": "MonitorRun",
         "metadata": {"name": "try-spare"},
-        "spec": {"monitor": {"url": "https://shop.example.com/",
+        "spec": {"monitor": {"url": format!("https://api.test:{port}/"), "timeout": "120s",
                              "auth": {"bearer": {"secret": "spare"}}}},
     }))
     .expect("run");

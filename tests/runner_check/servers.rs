@@ -2,6 +2,8 @@
 //! an optional client certificate it records), and plain HTTP; each records every
 //! connection it accepts and every request it answers.
 
+#![allow(dead_code)] // Each test binary that loads it uses its own subset.
+
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
