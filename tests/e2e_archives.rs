@@ -30,10 +30,16 @@ fn example_archive() -> &'static str {
 /// Seals `value` for `field` of item `item` in `ns`, as `monivault seal` does. The one place
 /// this test seals: the sealing format is about to bind more than namespace, item and field.
 fn seal_field(key: &SealingPublicKey, ns: &str, item: &str, field: &str, value: &[u8]) -> String {
+    // The type a field belongs to: a login's password, else an archive's fields.
+    let item_type = if field == "password" {
+        "CredentialSet"
+    } else {
+        "CertificateArchive"
+    };
     let binding = SealBinding {
         namespace: ns,
         section: "checkout",
-        item_type: "CertificateArchive",
+        item_type,
         item,
         field,
     };

@@ -152,7 +152,7 @@ async fn authorize<S: Store>(
     let run_refs = verify_run(&runner.keys, run)
         .await
         .map_err(refused_by_stamp)?;
-    if let Some(message) = stamp_used_elsewhere(runs, run, &run_refs) {
+    if let Some(message) = stamp_used_elsewhere(&runs.state(), run, &run_refs) {
         return Err(not_authorized(message));
     }
     if let Some(spec) = &run.spec.monitor {
@@ -193,7 +193,7 @@ async fn authorize<S: Store>(
 /// Why this run may not use its stamp: another run created first carries the same one, or
 /// the stamp is older than the run by more than [`STAMP_WINDOW`].
 fn stamp_used_elsewhere(
-    runs: &Cache<MonitorRun>,
+    runs: &[Arc<MonitorRun>],
     run: &MonitorRun,
     refs: &AuthorizedRefs,
 ) -> Option<String> {
@@ -210,8 +210,7 @@ fn stamp_used_elsewhere(
         );
     }
     let first = runs
-        .state()
-        .into_iter()
+        .iter()
         .filter(|other| other.namespace() == run.namespace())
         .filter(|other| {
             crate::stamp::stamp_of(&other.metadata).is_some_and(|text| text.contains(&refs.mac))
@@ -352,5 +351,75 @@ async fn sweep_finished<S: Store>(runner: &Runner<S>, runs: &Cache<MonitorRun>) 
         if let Err(e) = api.delete(&run.name_any(), &DeleteParams::default()).await {
             tracing::debug!(run = run.name_any(), error = %e, "cannot delete a finished run");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(name: &str, uid: &str, created: &str, stamp: &str) -> Arc<MonitorRun> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "monivault.io/v1alpha1", "kind": "MonitorRun",
+                "metadata": {"name": name, "namespace": "shop", "uid": uid,
+                             "creationTimestamp": created,
+                             "annotations": {crate::stamp::STAMP_ANNOTATION: stamp}},
+                "spec": {"monitorRef": {"name": "shop"}},
+            }))
+            .expect("run"),
+        )
+    }
+
+    fn refs(mac: &str, issued_at: i64) -> AuthorizedRefs {
+        AuthorizedRefs {
+            user: "alice".into(),
+            items: Default::default(),
+            issued_at,
+            mac: mac.into(),
+        }
+    }
+
+    /// 2026-12-03T10:00:00Z.
+    const ISSUED: i64 = 1_796_292_000;
+
+    #[test]
+    fn a_stamp_runs_once_on_the_run_created_first() {
+        let stamp = r#"{"mac":"MAC-A"}"#;
+        let original = run("now-x1", "uid-1", "2026-12-03T10:00:01Z", stamp);
+        let copy = run("now-x2", "uid-2", "2026-12-03T10:00:05Z", stamp);
+        let other = run(
+            "other",
+            "uid-3",
+            "2026-12-03T09:59:00Z",
+            r#"{"mac":"MAC-B"}"#,
+        );
+        let all = vec![copy.clone(), original.clone(), other];
+        let refs = refs("MAC-A", ISSUED);
+        assert_eq!(stamp_used_elsewhere(&all, &original, &refs), None);
+        let refused = stamp_used_elsewhere(&all, &copy, &refs).expect("refused");
+        assert!(refused.contains("now-x1"), "{refused}");
+    }
+
+    #[test]
+    fn a_stamp_older_than_its_run_by_more_than_the_window_opens_nothing() {
+        let late = run(
+            "late",
+            "uid-1",
+            "2026-12-03T10:06:00Z",
+            r#"{"mac":"MAC-A"}"#,
+        );
+        let all = vec![late.clone()];
+        assert!(stamp_used_elsewhere(&all, &late, &refs("MAC-A", ISSUED)).is_some());
+        let soon = run(
+            "soon",
+            "uid-2",
+            "2026-12-03T10:04:00Z",
+            r#"{"mac":"MAC-A"}"#,
+        );
+        assert_eq!(
+            stamp_used_elsewhere(&[soon.clone()], &soon, &refs("MAC-A", ISSUED)),
+            None
+        );
     }
 }
