@@ -418,7 +418,7 @@ mod tests {
             r#"{"mac":"MAC-A"}"#,
         );
         assert_eq!(
-            stamp_used_elsewhere(&[soon.clone()], &soon, &refs("MAC-A", ISSUED)),
+            stamp_used_elsewhere(std::slice::from_ref(&soon), &soon, &refs("MAC-A", ISSUED)),
             None
         );
     }
