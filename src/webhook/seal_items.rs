@@ -53,7 +53,7 @@ pub enum SealError {
     #[error("{path} is too long: at most {limit} bytes")]
     PlaintextTooLong { path: String, limit: usize },
     #[error(
-        "spec.sealed.{field} does not open for namespace {namespace:?}, section {section:?}, item {item:?}, field {field:?}: {reason}. Seal it for this item: monivault seal -n {namespace} --section {section} --item {item} --field {field}"
+        "spec.sealed.{field} does not open for namespace {namespace:?}, section {section:?}, item {item:?}, field \"{field}\": {reason}. Seal it for this item: monivault seal -n {namespace} --section {section} --item {item} --field {field}"
     )]
     SealedRefused {
         field: SecretField,
@@ -339,7 +339,8 @@ async fn admit<S: Store, A: Authorizer>(
         }
     }
 
-    if spec.allowed_hosts.is_empty() {
+    // A public Certificate item is never sent anywhere: only items with secrets need hosts.
+    if spec.allowed_hosts.is_empty() && !spec.secret_fields().is_empty() {
         warnings.push(format!(
             "VaultItem {namespace}/{name} has no allowedHosts: no monitor may send it anywhere until you list the hosts it may go to"
         ));
