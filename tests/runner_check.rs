@@ -423,6 +423,42 @@ async fn an_echo_server_reflects_every_secret_and_the_report_holds_none() {
 }
 
 #[tokio::test]
+async fn assertions_on_a_reflected_secret_answer_no_guess_and_html_escaping_hides_nothing() {
+    // A search page that reflects its query, HTML-escaped: the secret is on the page.
+    let page = https(handler(|seen: &Seen| {
+        let query = seen.path.split_once("q=").map_or("", |(_, q)| q);
+        let decoded = percent_encoding::percent_decode_str(query).decode_utf8_lossy();
+        let escaped = decoded
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#39;");
+        ok(&format!("<p>No results for {escaped}</p>"))
+    }))
+    .await;
+    let token = "tok_a<&'\"9";
+    let mut spec =
+        MonitorSpec::new(page.url("https", "shop.test", "/search?q={{@VaultItem.t.Value}}"));
+    // A right guess of the first characters, and a wrong one: neither may be told apart.
+    for guess in ["for tok_a", "for tok_b"] {
+        spec.assertions = Some(Assertions {
+            body_contains: vec![guess.into()],
+            ..Assertions::default()
+        });
+        let report = check(&spec, &items(vec![token_item(token)])).await;
+        assert_eq!(report.result, CheckResult::AssertionFailed, "{guess}");
+        let excerpt = report.body_excerpt.clone().expect("excerpt");
+        assert!(excerpt.contains("No results for *****"), "{excerpt}");
+        assert_clean(&report, &[token, "tok_a&lt;&amp;&#39;&quot;9"]);
+    }
+}
+
+fn token_item(value: &str) -> ResolvedItem {
+    token("t", value, &["shop.test"])
+}
+
+#[tokio::test]
 async fn an_error_about_a_url_never_quotes_the_secret_in_it() {
     let shop = https(handler(|_| Reply::HangUp)).await;
     let spec = MonitorSpec::new(shop.url(

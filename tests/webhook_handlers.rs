@@ -1704,6 +1704,47 @@ async fn widening_allowed_hosts_needs_allowhosts_and_narrowing_does_not() {
 }
 
 #[tokio::test]
+async fn replacing_a_stored_secret_needs_use_and_a_new_ca_needs_allowhosts() {
+    let webhooks = webhooks().await;
+    let replace = |user: &str| {
+        let mut update = request(
+            "VaultItem",
+            "vaultitems",
+            "UPDATE",
+            user,
+            &credential_set(Some(SECRET_MASK), Some("mv2.s.1.BBBB")),
+        );
+        update["oldObject"] = credential_set(Some(SECRET_MASK), Some("mv2.s.1.AAAA"));
+        update
+    };
+    let outcome = admit(&webhooks, Route::ValidateVaultItems, replace("mallory")).await;
+    assert_eq!(outcome.response.result.code, 403, "{}", outcome.message());
+    assert!(
+        outcome.message().contains("replace the secret (password)"),
+        "{}",
+        outcome.message()
+    );
+    let outcome = admit(&webhooks, Route::ValidateVaultItems, replace("alice")).await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+
+    let ca = json!({"apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": "my-ca", "namespace": NS},
+        "spec": {"type": "Certificate", "section": "checkout", "certificate": {"pem": "x"}}});
+    let outcome = admit(
+        &webhooks,
+        Route::ValidateVaultItems,
+        request("VaultItem", "vaultitems", "CREATE", "bob", &ca),
+    )
+    .await;
+    assert_eq!(outcome.response.result.code, 403, "{}", outcome.message());
+    assert!(
+        outcome.message().contains("CA certificate"),
+        "{}",
+        outcome.message()
+    );
+}
+
+#[tokio::test]
 async fn deleting_an_item_that_holds_a_secret_needs_use_on_it() {
     let webhooks = webhooks().await;
     // mallory may edit, and would recreate the item in a section she may use.

@@ -20,6 +20,15 @@ const SOURCE: &str = "VaultItem";
 /// Kubernetes object names are DNS-1123 subdomains: at most 253 characters.
 const MAX_NAME_LEN: usize = 253;
 
+/// Placeholders in one text at most. Each costs the webhook an authorization and the runner
+/// a substitution; a real monitor needs a handful.
+pub const MAX_PLACEHOLDERS_PER_TEXT: usize = 64;
+
+/// Distinct vault items one monitor may carry at most: each costs every write of it a
+/// lookup and a SubjectAccessReview, so an unbounded count would let one write fan out
+/// into thousands of API calls.
+pub const MAX_ITEMS_PER_MONITOR: usize = 16;
+
 /// The item field a placeholder reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PlaceholderField {
@@ -95,6 +104,10 @@ pub enum TemplateErrorReason {
     InvalidName(String),
     #[error("unknown field {0:?}: expected one of Username, Password, Value, OneTimePassword")]
     UnknownField(String),
+    #[error("more than {MAX_PLACEHOLDERS_PER_TEXT} placeholders in one field")]
+    TooManyPlaceholders,
+    #[error("more than {MAX_ITEMS_PER_MONITOR} distinct vault items in one monitor")]
+    TooManyItems,
 }
 
 /// Every vault placeholder in `text`, in order, or the first error.
@@ -103,6 +116,14 @@ pub fn parse(text: &str) -> Result<Vec<Placeholder>, TemplateError> {
     let mut cursor = 0;
     while let Some(rel) = text[cursor..].find(OPEN) {
         let start = cursor + rel;
+        if found.len() == MAX_PLACEHOLDERS_PER_TEXT
+            && text[start + OPEN.len()..].trim_start().starts_with('@')
+        {
+            return Err(TemplateError {
+                offset: text[..start].chars().count(),
+                reason: TemplateErrorReason::TooManyPlaceholders,
+            });
+        }
         let after_open = start + OPEN.len();
         let rest = &text[after_open..];
         let trimmed = rest.trim_start();
@@ -156,8 +177,29 @@ pub fn referenced_items(spec: &MonitorSpec) -> Result<BTreeSet<String>, Referenc
         .map(|r| r.name.as_str().to_owned())
         .collect();
     for (field, text) in spec.template_texts() {
-        let found = parse(text).map_err(|source| ReferenceError { field, source })?;
+        let found = parse(text).map_err(|source| ReferenceError {
+            field: field.clone(),
+            source,
+        })?;
         items.extend(found.into_iter().map(|p| p.item));
+        if items.len() > MAX_ITEMS_PER_MONITOR {
+            return Err(ReferenceError {
+                field,
+                source: TemplateError {
+                    offset: 0,
+                    reason: TemplateErrorReason::TooManyItems,
+                },
+            });
+        }
+    }
+    if items.len() > MAX_ITEMS_PER_MONITOR {
+        return Err(ReferenceError {
+            field: "spec".to_owned(),
+            source: TemplateError {
+                offset: 0,
+                reason: TemplateErrorReason::TooManyItems,
+            },
+        });
     }
     Ok(items)
 }
@@ -223,6 +265,39 @@ mod tests {
             .into_iter()
             .map(|p| (p.item, p.field))
             .collect()
+    }
+
+    #[test]
+    fn placeholders_and_items_are_bounded() {
+        let one = "{{@VaultItem.a.Value}}";
+        let at_limit = one.repeat(MAX_PLACEHOLDERS_PER_TEXT);
+        assert_eq!(
+            parse(&at_limit).map(|p| p.len()),
+            Ok(MAX_PLACEHOLDERS_PER_TEXT)
+        );
+        let over = one.repeat(MAX_PLACEHOLDERS_PER_TEXT + 1);
+        assert_eq!(
+            parse(&over).map_err(|e| e.reason),
+            Err(TemplateErrorReason::TooManyPlaceholders)
+        );
+        let mut spec = MonitorSpec::new("https://shop.example.com/");
+        spec.body = Some(
+            (0..=MAX_ITEMS_PER_MONITOR)
+                .map(|i| format!("{{{{@VaultItem.item-{i}.Value}}}}"))
+                .collect(),
+        );
+        let error = referenced_items(&spec).unwrap_err();
+        assert_eq!(error.source.reason, TemplateErrorReason::TooManyItems);
+        assert!(error.to_string().contains("more than 16"), "{error}");
+        spec.body = Some(
+            (0..MAX_ITEMS_PER_MONITOR)
+                .map(|i| format!("{{{{@VaultItem.item-{i}.Value}}}}"))
+                .collect(),
+        );
+        assert_eq!(
+            referenced_items(&spec).map(|i| i.len()),
+            Ok(MAX_ITEMS_PER_MONITOR)
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub enum AddressClass {
     LinkLocal,
     Multicast,
     Broadcast,
+    Metadata,
     Blocked,
 }
 
@@ -49,6 +50,7 @@ impl AddressClass {
             AddressClass::LinkLocal => "a link-local address (cloud metadata lives there)",
             AddressClass::Multicast => "a multicast address",
             AddressClass::Broadcast => "the broadcast address",
+            AddressClass::Metadata => "a cloud metadata address",
             AddressClass::Blocked => "in a blocked cluster range",
         }
     }
@@ -70,15 +72,42 @@ pub fn refusal(policy: &NetworkPolicy, ip: IpAddr) -> Option<AddressClass> {
     blocked.then_some(AddressClass::Blocked)
 }
 
-/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it reaches.
+/// An IPv6 address that carries an IPv4 one as the IPv4 address it reaches: IPv4-mapped
+/// (`::ffff:a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) and 6to4 (`2002:AABB:CCDD::`).
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let s = v6.segments();
+    let embedded = |high: u16, low: u16| {
+        IpAddr::V4(Ipv4Addr::new(
+            (high >> 8) as u8,
+            high as u8,
+            (low >> 8) as u8,
+            low as u8,
+        ))
+    };
+    match s {
+        [0x64, 0xff9b, 0, 0, 0, 0, high, low] => embedded(high, low),
+        [0x2002, high, low, ..] => embedded(high, low),
+        _ => ip,
     }
 }
 
+/// Cloud metadata services outside the link-local range: AWS over IPv6, Alibaba, Oracle.
+const METADATA: [IpAddr; 3] = [
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+    IpAddr::V4(Ipv4Addr::new(192, 0, 0, 192)),
+];
+
 fn internal_class(ip: IpAddr) -> Option<AddressClass> {
+    if METADATA.contains(&ip) {
+        return Some(AddressClass::Metadata);
+    }
     match ip {
         IpAddr::V4(v4) => v4_class(v4),
         IpAddr::V6(v6) => v6_class(v6),
@@ -149,9 +178,16 @@ impl PolicyResolver {
     /// The checked addresses of `name`, port 0 (the client puts the URL's port in).
     pub async fn lookup(&self, name: &str) -> Result<Vec<SocketAddr>, ResolveError> {
         let host = normalize_name(name);
+        // Asked as a fully qualified name: the pod's search list (ndots 5) must not turn
+        // `shop.example.com` into `shop.example.com.<namespace>.svc.cluster.local` first.
+        let fqdn = if host.parse::<IpAddr>().is_ok() {
+            host.clone()
+        } else {
+            format!("{host}.")
+        };
         let addresses: Vec<IpAddr> = match self.policy.resolve.get(&host) {
             Some(fixed) => fixed.clone(),
-            None => tokio::net::lookup_host((host.as_str(), 0))
+            None => tokio::net::lookup_host((fqdn.as_str(), 0))
                 .await
                 .map_err(|source| ResolveError::Lookup {
                     host: host.clone(),
@@ -245,6 +281,12 @@ mod tests {
             ("10.96.0.1", AddressClass::Blocked),
             ("::ffff:10.96.0.1", AddressClass::Blocked),
             ("fd00:10::5", AddressClass::Blocked),
+            ("64:ff9b::7f00:1", AddressClass::Loopback),
+            ("64:ff9b::a9fe:a9fe", AddressClass::LinkLocal),
+            ("2002:a9fe:a9fe::1", AddressClass::LinkLocal),
+            ("fd00:ec2::254", AddressClass::Metadata),
+            ("100.100.100.200", AddressClass::Metadata),
+            ("192.0.0.192", AddressClass::Metadata),
         ];
         for (ip, class) in cases {
             assert_eq!(refusal(&policy, ip.parse().unwrap()), Some(class), "{ip}");

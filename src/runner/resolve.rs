@@ -11,12 +11,15 @@ use std::collections::BTreeMap;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store as Cache};
 
+use super::hosts;
 use super::items::{ClientIdentity, OtpSeed, ResolvedItem, ResolvedItems};
 use super::tls::Trust;
 use crate::api::{ItemType, MonitorSpec, SecretField, VaultItem};
 use crate::crypto::{ItemBinding, Plaintext, pkcs12};
 use crate::stamp::AuthorizedRefs;
 use crate::store::{ItemKey, Keys, Store};
+
+static ARCHIVE_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// Why a check cannot be given its items. No variant holds a secret.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,8 @@ pub enum ResolveError {
     NotStored { item: String },
     #[error("VaultItem {item:?}: {reason}")]
     Unusable { item: String, reason: String },
+    #[error("VaultItem {item:?} may not be sent to {host}: it is not in the item's allowedHosts")]
+    HostNotAllowed { item: String, host: String },
     #[error("the vault's keys are unavailable: {0}")]
     Keys(String),
 }
@@ -50,6 +55,7 @@ impl ResolveError {
             ResolveError::Missing { .. } => "ItemMissing",
             ResolveError::NotStored { .. } => "ItemNotStored",
             ResolveError::Unusable { .. } => "ItemUnusable",
+            ResolveError::HostNotAllowed { .. } => "HostNotAllowed",
             ResolveError::Keys(_) => "KeysUnavailable",
         }
     }
@@ -114,6 +120,18 @@ pub async fn resolve<S: Store>(
     }
     if with_secrets.is_empty() {
         return Ok(Resolved { items, trust });
+    }
+    // Every carried item goes to the URL's host on the first request: one that may not is
+    // refused before any secret leaves the store (the engine checks again, on every hop).
+    if let Ok(url) = hosts::parse_url(&spec.url) {
+        for (item, _) in &with_secrets {
+            if !hosts::host_allowed(&item.spec.allowed_hosts, &url) {
+                return Err(ResolveError::HostNotAllowed {
+                    item: item.name_any(),
+                    host: hosts::host_name(&url),
+                });
+            }
+        }
     }
     let keys_error = |e: crate::store::KeyError| ResolveError::Keys(e.to_string());
     let ring = keys.keyring().await.map_err(keys_error)?;
@@ -221,6 +239,11 @@ async fn client_identity(
     archive: Plaintext,
     password: Option<Plaintext>,
 ) -> Result<ClientIdentity, String> {
+    // Two at a time: at the engine's limits one read costs about a second of CPU, and the
+    // leader also serves admission.
+    let Ok(_permit) = ARCHIVE_READS.acquire().await else {
+        return Err("reading its archive failed".to_owned());
+    };
     tokio::task::spawn_blocking(move || {
         let der = pkcs12::archive_der(archive.expose()).map_err(|e| e.to_string())?;
         let password = password.as_ref().map(Plaintext::expose).unwrap_or_default();

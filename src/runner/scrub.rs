@@ -260,8 +260,35 @@ fn forms_of(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     forms.extend(base64_cores(value));
     if let Ok(text) = std::str::from_utf8(value) {
         forms.extend(json_forms(text));
+        forms.extend(html_forms(text));
     }
+    // Encoded twice, as a login page's `next=` parameter carries a URL that held the secret.
+    let once = percent_encoding::percent_encode(value, NON_ALPHANUMERIC).to_string();
+    let twice =
+        Zeroizing::new(percent_encoding::utf8_percent_encode(&once, NON_ALPHANUMERIC).to_string());
+    forms.push(Zeroizing::new(twice.as_bytes().to_vec()));
+    forms.push(Zeroizing::new(lower_hex(&twice).into_bytes()));
     forms
+}
+
+/// HTML-escaped, as a page that reflects its input writes it: named entities, and `'` as
+/// `&#39;` or `&#x27;`.
+fn html_forms(text: &str) -> Vec<Zeroizing<Vec<u8>>> {
+    let escape = |apostrophe: &str| {
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '"' => out.push_str("&quot;"),
+                '\'' => out.push_str(apostrophe),
+                c => out.push(c),
+            }
+        }
+        Zeroizing::new(out.into_bytes())
+    };
+    vec![escape("&#39;"), escape("&#x27;")]
 }
 
 /// Percent-encoded under each common encode set, with upper- and lower-case hex, and with

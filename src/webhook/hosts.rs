@@ -1,4 +1,5 @@
-//! The validating webhook for `VaultItem` writes: who may widen where a secret may go.
+//! The validating webhook for `VaultItem` writes: who may widen where a secret may go, and
+//! who may replace a stored secret (`use`, as for deleting it).
 //!
 //! `allowedHosts` stops exfiltration even by people who may use an item. So adding a host
 //! (on create, or by widening on update) needs a verb of its own, `allowhosts`, on
@@ -6,14 +7,14 @@
 //! grant. Narrowing the list needs nothing extra. Validating, not mutating: it judges the
 //! object as it will be stored, after every mutating webhook.
 //!
-//! Changing a `Certificate` item's PEM needs the same verb: a monitor may trust it as its
-//! CA (`tls.caCertificate`), and whoever picks the trust anchor of a monitor that carries
-//! secrets picks who can read them.
+//! Creating a `Certificate` item, or changing its PEM, needs the same verb: a monitor may
+//! trust it as its CA (`tls.caCertificate`), and whoever picks the trust anchor of a monitor
+//! that carries secrets picks who can read them.
 
 use k8s_openapi::api::authentication::v1::UserInfo;
 use kube::core::admission::{AdmissionResponse, Operation};
 
-use super::authorize::{ALLOW_HOSTS_VERB, Authorizer, may_on_item};
+use super::authorize::{ALLOW_HOSTS_VERB, Authorizer, USE_VERB, may_on_item};
 use super::{Request, parse_part, refuse};
 use crate::api::{GROUP, ItemType, VaultItemSpec};
 
@@ -64,21 +65,6 @@ pub async fn check_vault_item<A: Authorizer>(
         .as_ref()
         .and_then(|old| old.data.get("spec"))
         .and_then(|s| parse_part::<VaultItemSpec>(s).ok());
-    let old_hosts = old
-        .as_ref()
-        .map(|o| o.allowed_hosts.clone())
-        .unwrap_or_default();
-    let mut added = widened(&old_hosts, &spec.allowed_hosts);
-    let pem = |spec: &VaultItemSpec| spec.certificate.as_ref().map(|c| c.pem.clone());
-    if let Some(old) = &old
-        && spec.item_type == ItemType::Certificate
-        && pem(old) != pem(&spec)
-    {
-        added.push("a new CA certificate (spec.certificate.pem)".to_owned());
-    }
-    if added.is_empty() {
-        return allowed;
-    }
     let namespace = request
         .namespace
         .as_deref()
@@ -91,6 +77,58 @@ pub async fn check_vault_item<A: Authorizer>(
         .filter(|n| !n.is_empty())
         .unwrap_or(request.name.as_str());
     let user = &request.user_info;
+    // Replacing a stored secret needs `use`, as deleting it does: otherwise an editor
+    // could swap one part (an archive beside its stored password) or probe with it.
+    if let Some(old) = &old {
+        let replaced: Vec<&str> = spec
+            .secret_fields()
+            .iter()
+            .filter(|field| old.sealed_value(**field) != spec.sealed_value(**field))
+            .map(|field| field.as_str())
+            .collect();
+        if !replaced.is_empty() {
+            match may_on_item(authorizer, user, USE_VERB, namespace, name, &spec.section).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return refuse(
+                        request,
+                        403,
+                        "Forbidden",
+                        &format!(
+                            "{} may not replace the secret ({}) of VaultItem {namespace}/{name}: that needs verb \"use\" on vaultitems/{name} or on vaultsections/{}",
+                            user_label(user),
+                            replaced.join(", "),
+                            spec.section
+                        ),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(uid = %request.uid, error = %e, "secret replacement check failed");
+                    return refuse(
+                        request,
+                        500,
+                        "InternalError",
+                        &format!("checking who may replace the secret failed: {e}"),
+                    );
+                }
+            }
+        }
+    }
+    let old_hosts = old
+        .as_ref()
+        .map(|o| o.allowed_hosts.clone())
+        .unwrap_or_default();
+    let mut added = widened(&old_hosts, &spec.allowed_hosts);
+    // A new Certificate item, or a new PEM in one: a trust anchor a monitor may name.
+    let pem = |spec: &VaultItemSpec| spec.certificate.as_ref().map(|c| c.pem.clone());
+    if spec.item_type == ItemType::Certificate
+        && old.as_ref().is_none_or(|old| pem(old) != pem(&spec))
+    {
+        added.push("a CA certificate (spec.certificate.pem)".to_owned());
+    }
+    if added.is_empty() {
+        return allowed;
+    }
     match may_on_item(
         authorizer,
         user,

@@ -38,7 +38,7 @@ pub enum SealError {
     WrongKind(String),
     #[error("the admission request carries no object")]
     NoObject,
-    #[error("the VaultItem has no namespace")]
+    #[error("the VaultItem has no namespace, or one that is not a namespace name")]
     NoNamespace,
     #[error(
         "the VaultItem needs metadata.name: sealed values are bound to the item's name, so generateName cannot be used"
@@ -152,6 +152,10 @@ async fn admit<S: Store, A: Authorizer>(
     let namespace = non_empty(request.namespace.as_deref())
         .or(non_empty(object.metadata.namespace.as_deref()))
         .ok_or(SealError::NoNamespace)?;
+    // Environment keys are made for this name: only a real namespace name may make them.
+    if !is_dns_label(namespace) {
+        return Err(SealError::NoNamespace);
+    }
     let name = non_empty(object.metadata.name.as_deref())
         .or(non_empty(Some(request.name.as_str())))
         .ok_or(SealError::NoName)?;
@@ -385,6 +389,17 @@ fn opens_to(
                 .fold(0u8, |diff, (a, b)| diff | (a ^ b))
                 == 0
     })
+}
+
+/// A DNS-1123 label, as every namespace name is: at most 63 characters.
+fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
 fn non_empty(text: Option<&str>) -> Option<&str> {
