@@ -21,9 +21,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
-use super::root_keys::RootKeyBytes;
+use super::root_keys::{RootKeyBytes, root_key_bytes};
 use super::{ItemKey, ItemRecord, RootKeySet, StoreError, Versioned};
 use crate::crypto::Keyring;
 
@@ -246,12 +246,12 @@ pub(crate) fn parse_root_keys(secret: &Secret) -> Result<RootKeySet, StoreError>
                 .ok_or_else(|| corrupt(format!("{ROOT_KEY_CURRENT} is not a decimal version")))?;
             current = Some(version);
         } else if let Some(version) = parse_version_key(name) {
-            let bytes: [u8; 32] = value
+            let bytes: &[u8; 32] = value
                 .0
                 .as_slice()
                 .try_into()
                 .map_err(|_| corrupt(format!("{name} is not exactly 32 bytes")))?;
-            keys.insert(version, Zeroizing::new(bytes));
+            keys.insert(version, root_key_bytes(bytes));
         } else {
             return Err(corrupt(format!("unexpected data key {name:?}")));
         }

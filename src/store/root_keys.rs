@@ -8,8 +8,14 @@ use zeroize::Zeroizing;
 use super::StoreError;
 use crate::crypto::RootKey;
 
-/// Root key bytes, wiped when dropped.
-pub(crate) type RootKeyBytes = Zeroizing<[u8; 32]>;
+/// Root key bytes, wiped when dropped. On the heap (a boxed slice, always 32 long), so
+/// storing one in the map moves a pointer and leaves no stack copy behind.
+pub(crate) type RootKeyBytes = Zeroizing<Box<[u8]>>;
+
+/// A heap copy of a root key's bytes, made without a stack array in between.
+pub(crate) fn root_key_bytes(bytes: &[u8; 32]) -> RootKeyBytes {
+    Zeroizing::new(Box::from(bytes.as_slice()))
+}
 
 /// The root keys by version, and which one new keyrings are wrapped under.
 ///
@@ -31,7 +37,7 @@ impl RootKeySet {
         let current = first.version();
         RootKeySet {
             current,
-            keys: BTreeMap::from([(current, Zeroizing::new(*first.expose_bytes()))]),
+            keys: BTreeMap::from([(current, root_key_bytes(first.expose_bytes()))]),
         }
     }
 
@@ -41,8 +47,8 @@ impl RootKeySet {
         RootKeySet { current, keys }
     }
 
-    pub(crate) fn raw_keys(&self) -> impl Iterator<Item = (u32, &[u8; 32])> {
-        self.keys.iter().map(|(v, k)| (*v, &**k))
+    pub(crate) fn raw_keys(&self) -> impl Iterator<Item = (u32, &[u8])> {
+        self.keys.iter().map(|(v, k)| (*v, &k[..]))
     }
 
     /// The version new keyrings are wrapped under.
@@ -62,7 +68,7 @@ impl RootKeySet {
                 what: format!("root key version {version}"),
             })?;
         // Cannot fail: the buffer is exactly 32 bytes.
-        RootKey::from_bytes(version, bytes.as_ref())
+        RootKey::from_bytes(version, bytes)
             .map_err(|e| StoreError::corrupt(format!("root key version {version}"), e.to_string()))
     }
 
@@ -72,14 +78,14 @@ impl RootKeySet {
     pub fn insert(&mut self, key: RootKey) -> Result<bool, StoreError> {
         let version = key.version();
         match self.keys.get(&version) {
-            Some(existing) if **existing == *key.expose_bytes() => Ok(false),
+            Some(existing) if existing[..] == key.expose_bytes()[..] => Ok(false),
             Some(_) => Err(StoreError::Invalid {
                 what: format!("root key version {version}"),
                 reason: "a different key is already stored under this version".into(),
             }),
             None => {
                 self.keys
-                    .insert(version, Zeroizing::new(*key.expose_bytes()));
+                    .insert(version, root_key_bytes(key.expose_bytes()));
                 Ok(true)
             }
         }
