@@ -612,3 +612,84 @@ async fn a_check_does_nothing_when_nothing_is_due() {
     assert_eq!(env.current_sealing_key, 2);
     assert!(env.current_data_key >= 2);
 }
+
+/// Replaces item `i`'s stored record with `change(record)`, as a hand edit or an older
+/// operator could have left it.
+async fn tamper(memory: &MemoryStore, i: usize, change: impl FnOnce(&mut ItemRecord)) {
+    let stored = memory
+        .record(&item(i))
+        .await
+        .expect("read")
+        .expect("record");
+    let mut record = stored.value.clone();
+    change(&mut record);
+    memory
+        .put_record(&item(i), &record, Some(&stored.resource_version))
+        .await
+        .expect("plant");
+}
+
+#[tokio::test]
+async fn retirement_goes_by_the_envelopes_not_by_the_records_own_version() {
+    let memory = seeded().await;
+    let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+    let config = config();
+    rotate_data_key(&keys, NS, request(), &config.policy, &Reporting::none())
+        .await
+        .expect("rotate");
+    // A record that says it is on the new key while its field is still on the old one.
+    tamper(&memory, 0, |record| record.key_version = 2).await;
+    let state = finish_data_key_rotation(&keys, NS, &config, false, &Reporting::none())
+        .await
+        .expect("finish");
+    assert_all_records_open(&memory).await;
+    assert_eq!(
+        state,
+        DataKeyState {
+            current: 2,
+            versions: vec![2]
+        },
+        "the field was moved first, then the old key destroyed"
+    );
+    let record = memory
+        .record(&item(0))
+        .await
+        .expect("read")
+        .expect("record");
+    assert!(record.value.fields["password"].starts_with("mv1.d.2."));
+}
+
+#[tokio::test]
+async fn a_record_whose_envelope_cannot_be_read_keeps_every_key_of_its_namespace() {
+    let memory = seeded().await;
+    let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+    let config = config();
+    rotate_data_key(&keys, NS, request(), &config.policy, &Reporting::none())
+        .await
+        .expect("rotate");
+    // A second field that is not an envelope at all: which key it needs is unknown.
+    tamper(&memory, 0, |record| {
+        record.key_version = 2;
+        record
+            .fields
+            .insert("value".into(), "not-an-envelope".into());
+    })
+    .await;
+    let state = finish_data_key_rotation(&keys, NS, &config, false, &Reporting::none())
+        .await
+        .expect("finish");
+    assert_eq!(
+        state.versions,
+        vec![1, 2],
+        "nothing is destroyed on a guess"
+    );
+    // Every other record moved on.
+    for (key, record) in memory.list_records().await.expect("list") {
+        if key != item(0) {
+            assert!(
+                record.value.fields["password"].starts_with("mv1.d.2."),
+                "{key}"
+            );
+        }
+    }
+}
