@@ -189,7 +189,12 @@ async fn keyring(store: &SecretStore) -> Keyring {
 async fn assert_no_record_on_a_destroyed_key(world: &World) -> usize {
     let keyring = keyring(&world.store).await;
     let env = keyring.environment(&world.ns).expect("environment");
-    let records = world.store.list_records().await.expect("list records");
+    let records = world
+        .store
+        .list_records()
+        .await
+        .expect("list records")
+        .items;
     assert_eq!(records.len(), ITEMS, "a record was lost");
     let mut old = 0;
     for (key, record) in &records {
@@ -229,7 +234,12 @@ async fn assert_every_item_opens(world: &World, admin: &Client) {
         .iter()
         .map(|item| (item.name_any(), item.uid().unwrap_or_default()))
         .collect();
-    let records = world.store.list_records().await.expect("list records");
+    let records = world
+        .store
+        .list_records()
+        .await
+        .expect("list records")
+        .items;
     assert_eq!(records.len(), ITEMS, "no record lost");
     for (key, record) in &records {
         assert_eq!(key.namespace, world.ns);

@@ -22,8 +22,8 @@ use monivault::store::layout::{
     MANAGED_BY, MANAGED_BY_LABEL, RECORD_DATA, RECORD_KIND_ITEM, RECORD_LABEL, ROOT_KEY_SECRET,
 };
 use monivault::store::{
-    ItemKey, ItemRecord, MemoryStore, RootKeySet, SecretStore, Store, StoreError, Versioned,
-    update_keyring,
+    ItemKey, ItemRecord, Listing, MemoryStore, RootKeySet, SecretStore, Store, StoreError,
+    Versioned, update_keyring,
 };
 use tokio::sync::Barrier;
 
@@ -361,7 +361,13 @@ async fn records_are_written_and_deleted_only_under_their_preconditions(b: &impl
 
 async fn listing_returns_every_record_and_nothing_else(b: &impl Backend) {
     let store = b.store();
-    assert!(store.list_records().await.expect("empty list").is_empty());
+    assert_eq!(
+        store.list_records().await.expect("empty list"),
+        Listing {
+            items: Vec::new(),
+            unreadable: Vec::new()
+        }
+    );
     // The root key and keyring Secrets sit in the same namespace and must not be listed.
     let root_key = root(1, 0x55);
     store
@@ -383,7 +389,7 @@ async fn listing_returns_every_record_and_nothing_else(b: &impl Backend) {
             .expect("create");
     }
     keys.sort();
-    let listed = store.list_records().await.expect("list");
+    let listed = store.list_records().await.expect("list").items;
     assert_eq!(
         listed.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
         keys,
@@ -396,7 +402,7 @@ async fn listing_returns_every_record_and_nothing_else(b: &impl Backend) {
 
     let (gone, at) = (&listed[0].0, &listed[0].1.resource_version);
     assert!(store.delete_record(gone, at).await.expect("delete"));
-    let listed = store.list_records().await.expect("list");
+    let listed = store.list_records().await.expect("list").items;
     assert_eq!(listed.len(), 4);
     assert!(listed.iter().all(|(k, _)| k != gone));
 }
@@ -448,7 +454,7 @@ impl<S: Store + Clone> Store for Racing<S> {
     async fn delete_record(&self, key: &ItemKey, expected: &str) -> Result<bool, StoreError> {
         self.inner.delete_record(key, expected).await
     }
-    async fn list_records(&self) -> Result<Vec<(ItemKey, Versioned<ItemRecord>)>, StoreError> {
+    async fn list_records(&self) -> Result<Listing<ItemKey, ItemRecord>, StoreError> {
         self.inner.list_records().await
     }
 }
@@ -619,8 +625,28 @@ async fn corrupt_secrets_are_reported_as_corrupt_without_their_contents(b: &impl
     ))
     .await;
     assert_corrupt(store.record(&key).await, &name);
-    // A listing fails as a whole: key retirement must not miss a record it cannot read.
-    assert_corrupt(store.list_records().await, &name);
+    // A listing skips it and says so, with the namespace it names: one bad Secret must
+    // not hide the others, and key retirement must know what it could not read.
+    let good = ItemKey::new("team", "fine");
+    store
+        .put_record(&good, &record("uid-f", 1), None)
+        .await
+        .expect("a readable record");
+    let listing = store.list_records().await.expect("list");
+    assert_eq!(
+        listing.items.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        [&good]
+    );
+    assert_eq!(listing.unreadable.len(), 1, "{listing:?}");
+    let skipped = &listing.unreadable[0];
+    assert_eq!(skipped.secret, name);
+    assert_eq!(skipped.namespace.as_deref(), Some("shop"));
+    assert!(
+        skipped.reason.contains("not have the expected fields"),
+        "{skipped:?}"
+    );
+    assert!(!skipped.reason.contains("SENTINEL"), "{skipped:?}");
+    assert!(listing.unreadable_in("shop") && !listing.unreadable_in("team"));
 
     // A record Secret copied under another item's name is not that item's record.
     let other = ItemKey::new("shop", "other");

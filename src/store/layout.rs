@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
 use super::root_keys::{RootKeyBytes, root_key_bytes};
-use super::{ItemKey, ItemRecord, RootKeySet, StoreError, Versioned};
+use super::{ItemKey, ItemRecord, Listing, RootKeySet, StoreError, Unreadable, Versioned};
 use crate::crypto::Keyring;
 
 pub const ROOT_KEY_SECRET: &str = "monivault-root-key";
@@ -286,6 +286,50 @@ pub(crate) fn record_secret(key: &ItemKey, record: &ItemRecord) -> Result<Secret
     );
     check_size(&secret)?;
     Ok(secret)
+}
+
+/// How a listing reports a Secret it cannot read: by name, with the namespace its
+/// annotation names (if any), and the parse error's words.
+pub(crate) fn unreadable(secret: &Secret, error: &StoreError) -> Unreadable {
+    Unreadable {
+        secret: secret.metadata.name.clone().unwrap_or_default(),
+        namespace: secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ITEM_NAMESPACE_ANNOTATION))
+            .cloned(),
+        reason: error.to_string(),
+    }
+}
+
+/// Parses the record Secrets of one listing: the readable ones sorted by key, the others
+/// reported.
+pub(crate) fn record_listing<'a>(
+    secrets: impl IntoIterator<Item = &'a Secret>,
+) -> Listing<ItemKey, ItemRecord> {
+    let mut listing = Listing {
+        items: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for secret in secrets {
+        let parsed = parse_record(secret).and_then(|(key, value)| {
+            let resource_version = resource_version(secret, &record_what(&key))?;
+            Ok((
+                key,
+                Versioned {
+                    value,
+                    resource_version,
+                },
+            ))
+        });
+        match parsed {
+            Ok(item) => listing.items.push(item),
+            Err(e) => listing.unreadable.push(unreadable(secret, &e)),
+        }
+    }
+    listing.items.sort_by(|a, b| a.0.cmp(&b.0));
+    listing
 }
 
 /// The item key from the annotations, checked against the Secret's name, and the record.

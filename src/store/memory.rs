@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use k8s_openapi::api::core::v1::Secret;
 
 use super::layout::{self, KEYRING_SECRET, RECORD_KIND_ITEM, RECORD_LABEL, ROOT_KEY_SECRET};
-use super::{ItemKey, ItemRecord, RootKeySet, Store, StoreError, Versioned};
+use super::{ItemKey, ItemRecord, Listing, RootKeySet, Store, StoreError, Versioned};
 use crate::crypto::Keyring;
 
 /// Clones share one store, as replicas share one API server.
@@ -178,7 +178,7 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
-    async fn list_records(&self) -> Result<Vec<(ItemKey, Versioned<ItemRecord>)>, StoreError> {
+    async fn list_records(&self) -> Result<Listing<ItemKey, ItemRecord>, StoreError> {
         let secrets: Vec<Secret> = self
             .lock()
             .secrets
@@ -192,23 +192,7 @@ impl Store for MemoryStore {
             })
             .cloned()
             .collect();
-        let mut records = secrets
-            .iter()
-            .map(|secret| {
-                let (key, value) = layout::parse_record(secret)?;
-                let resource_version =
-                    layout::resource_version(secret, &layout::record_what(&key))?;
-                Ok((
-                    key,
-                    Versioned {
-                        value,
-                        resource_version,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        records.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(records)
+        Ok(layout::record_listing(&secrets))
     }
 }
 

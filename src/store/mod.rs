@@ -46,6 +46,36 @@ pub struct Versioned<T> {
     pub resource_version: String,
 }
 
+/// What a listing found: every object it could read, sorted by key, and every Secret of
+/// the kind listed that it could not read. One corrupt or foreign Secret does not hide
+/// the others; the caller decides what its presence forbids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing<K, V> {
+    pub items: Vec<(K, Versioned<V>)>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A store Secret that could not be read. Names it and says why, never what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The Secret's name.
+    pub secret: String,
+    /// The namespace its annotation names, if it names one.
+    pub namespace: Option<String>,
+    /// What is wrong with it, in words.
+    pub reason: String,
+}
+
+impl<K, V> Listing<K, V> {
+    /// Whether an unreadable Secret may belong to `namespace`: it names that namespace,
+    /// or none at all.
+    pub fn unreadable_in(&self, namespace: &str) -> bool {
+        self.unreadable
+            .iter()
+            .any(|u| u.namespace.as_deref().is_none_or(|ns| ns == namespace))
+    }
+}
+
 /// Persistence of the keyring, root keys and item records, by compare-and-swap.
 ///
 /// Writes take `expected`: `None` creates the object (a [`StoreError::Conflict`] if it
@@ -93,11 +123,12 @@ pub trait Store: Send + Sync + 'static {
         expected: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Every record, sorted by key. One consistent snapshot; fails as a whole on the
-    /// first corrupt record rather than hide it (key retirement needs the full list).
+    /// Every record, sorted by key, and every record Secret that cannot be read (reported,
+    /// not hidden: key retirement must keep the keys such a record could need). Fails as a
+    /// whole only when the listing itself does.
     fn list_records(
         &self,
-    ) -> impl Future<Output = Result<Vec<(ItemKey, Versioned<ItemRecord>)>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Listing<ItemKey, ItemRecord>, StoreError>> + Send;
 }
 
 /// How many times [`update_keyring`] re-reads after losing a race before it gives up.

@@ -10,7 +10,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Client, Error as KubeError};
 
 use super::layout::{self, KEYRING_SECRET, ROOT_KEY_SECRET, WipeOnDrop};
-use super::{ItemKey, ItemRecord, RootKeySet, Store, StoreError, Versioned};
+use super::{ItemKey, ItemRecord, Listing, RootKeySet, Store, StoreError, Versioned};
 use crate::crypto::Keyring;
 
 /// Records per list page: 10,000 records arrive in 20 responses, not one huge one.
@@ -187,36 +187,24 @@ impl Store for SecretStore {
         }
     }
 
-    async fn list_records(&self) -> Result<Vec<(ItemKey, Versioned<ItemRecord>)>, StoreError> {
+    async fn list_records(&self) -> Result<Listing<ItemKey, ItemRecord>, StoreError> {
         let what = || format!("record Secrets in {}", self.namespace);
         let mut params = ListParams::default()
             .labels(&layout::record_selector())
             .limit(self.page_size);
-        let mut records = Vec::new();
+        let mut secrets = Vec::new();
         loop {
             let page = self
                 .api
                 .list(&params)
                 .await
                 .map_err(|source| kube_error(what(), source))?;
-            for secret in &page.items {
-                let (key, value) = layout::parse_record(secret)?;
-                let resource_version =
-                    layout::resource_version(secret, &layout::record_what(&key))?;
-                records.push((
-                    key,
-                    Versioned {
-                        value,
-                        resource_version,
-                    },
-                ));
-            }
+            secrets.extend(page.items);
             match page.metadata.continue_.filter(|token| !token.is_empty()) {
                 Some(token) => params = params.continue_token(&token),
                 None => break,
             }
         }
-        records.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(records)
+        Ok(layout::record_listing(&secrets))
     }
 }

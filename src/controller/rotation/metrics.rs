@@ -15,6 +15,7 @@ pub struct RotationMetrics {
     pub(super) reencrypted: Counter,
     pub(super) remaining: Gauge,
     pub(super) retired: Counter,
+    pub(super) unreadable_records: Gauge,
     failures: Family<CategoryLabel, Counter>,
 }
 
@@ -35,6 +36,7 @@ impl RotationMetrics {
             reencrypted: Counter::default(),
             remaining: Gauge::default(),
             retired: Counter::default(),
+            unreadable_records: Gauge::default(),
             failures: Family::default(),
         };
         for kind in [KeyKind::RootKey, KeyKind::DataKey, KeyKind::SealingKey] {
@@ -62,6 +64,11 @@ impl RotationMetrics {
             "retired_data_keys",
             "Data key versions destroyed after no record used them",
             metrics.retired.clone(),
+        );
+        registry.register(
+            "unreadable_records",
+            "Item record Secrets that could not be read at the last listing; their namespaces keep every data key",
+            metrics.unreadable_records.clone(),
         );
         registry.register(
             "rotation_check_failures",

@@ -9,7 +9,7 @@ use governor::Quota;
 
 use crate::crypto::{CryptoError, DataCipher, EnvelopeKind, ItemBinding, key_version_of};
 use crate::crypto::{Environment, reencrypt};
-use crate::store::{ItemKey, ItemRecord, Store, Versioned};
+use crate::store::{ItemKey, ItemRecord, Listing, Store, Versioned};
 use crate::store::{Keys, unix_now};
 
 use super::{Reporting, RotationConfig, RotationError, change_keyring, read_keyring};
@@ -67,7 +67,9 @@ pub async fn reencrypt_environment<S: Store>(
     let to = keyring.current_data_cipher(&root, namespace)?;
     // Which key a record needs is what its envelopes say, not its own `key_version`.
     let mut old: Vec<(ItemKey, Versioned<ItemRecord>, BTreeSet<u32>)> = Vec::new();
-    for (key, record) in keys.store().list_records().await? {
+    let listing = keys.store().list_records().await?;
+    report_unreadable(&listing, reporting);
+    for (key, record) in listing.items {
         if key.namespace != namespace {
             continue;
         }
@@ -176,6 +178,24 @@ pub async fn reencrypt_environment<S: Store>(
     Ok(outcome)
 }
 
+/// Says which record Secrets a listing could not read: each in the log, their number in
+/// `monivault_unreadable_records`. They are skipped, not fatal: one corrupt or foreign
+/// Secret must not stall rotation in every namespace.
+fn report_unreadable(listing: &Listing<ItemKey, ItemRecord>, reporting: &Reporting) {
+    for unreadable in &listing.unreadable {
+        tracing::warn!(
+            secret = %unreadable.secret,
+            namespace = unreadable.namespace.as_deref().unwrap_or("<unknown>"),
+            reason = %unreadable.reason,
+            "skipping a record Secret that cannot be read; its namespace keeps every data key"
+        );
+    }
+    if let Some(m) = reporting.metrics() {
+        m.unreadable_records
+            .set(i64::try_from(listing.unreadable.len()).unwrap_or(i64::MAX));
+    }
+}
+
 /// The data key versions a record's fields are encrypted under, read from each envelope.
 /// An error if any field is not a stored-data envelope: then nobody knows which key it
 /// needs, and no key of its namespace may be destroyed.
@@ -245,7 +265,16 @@ pub async fn retire_unused_data_keys<S: Store>(
     // Every version any field of any record of the namespace is on. One record whose
     // envelopes cannot be read could need any of them: then nothing is destroyed.
     let mut in_use = BTreeSet::new();
-    for (key, record) in keys.store().list_records().await? {
+    let listing = keys.store().list_records().await?;
+    report_unreadable(&listing, reporting);
+    if listing.unreadable_in(namespace) {
+        tracing::warn!(
+            namespace,
+            "a record Secret that may belong here cannot be read; destroying no data key of this namespace"
+        );
+        return Ok(Vec::new());
+    }
+    for (key, record) in listing.items {
         if key.namespace != namespace {
             continue;
         }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use super::*;
 use crate::crypto::{ItemBinding, Plaintext};
-use crate::store::{ItemKey, ItemRecord, MemoryStore, RootKeySet};
+use crate::store::{ItemKey, ItemRecord, Listing, MemoryStore, RootKeySet};
 
 const NS: &str = "shop";
 const RECORDS: usize = 6;
@@ -88,7 +88,7 @@ impl Store for CrashingStore {
         self.write()?;
         self.inner.delete_record(key, expected).await
     }
-    async fn list_records(&self) -> Result<Vec<(ItemKey, Versioned<ItemRecord>)>, StoreError> {
+    async fn list_records(&self) -> Result<Listing<ItemKey, ItemRecord>, StoreError> {
         self.inner.list_records().await
     }
 }
@@ -161,7 +161,7 @@ async fn assert_all_records_open(store: &MemoryStore) {
         .key(keyring.root_key_version)
         .expect("root opens keyring");
     keyring.check_root(&root).expect("right root");
-    let records = store.list_records().await.expect("list");
+    let records = store.list_records().await.expect("list").items;
     assert_eq!(records.len(), RECORDS, "no record lost");
     let env = keyring.environment(NS).expect("env");
     for (i, (key, record)) in records.iter().enumerate() {
@@ -407,7 +407,7 @@ async fn data_key_rotation_reencrypts_every_record_and_destroys_the_old_key() {
             versions: vec![2]
         }
     );
-    for (_, record) in memory.list_records().await.expect("list") {
+    for (_, record) in memory.list_records().await.expect("list").items {
         assert_eq!(record.value.key_version, 2);
         assert!(record.value.fields["password"].starts_with("mv1.d.2."));
     }
@@ -513,7 +513,7 @@ async fn old_data_keys_outlive_the_grace() {
         .expect("finish");
     assert_eq!(state.versions, vec![1, 2], "v1 kept during the grace");
     assert!(!state.finished());
-    for (_, record) in memory.list_records().await.expect("list") {
+    for (_, record) in memory.list_records().await.expect("list").items {
         assert_eq!(record.value.key_version, 2, "but nothing uses it");
     }
 }
@@ -684,12 +684,66 @@ async fn a_record_whose_envelope_cannot_be_read_keeps_every_key_of_its_namespace
         "nothing is destroyed on a guess"
     );
     // Every other record moved on.
-    for (key, record) in memory.list_records().await.expect("list") {
+    for (key, record) in memory.list_records().await.expect("list").items {
         if key != item(0) {
             assert!(
                 record.value.fields["password"].starts_with("mv1.d.2."),
                 "{key}"
             );
         }
+    }
+}
+
+/// Plants a record Secret for `ns/name` whose JSON does not parse.
+fn plant_corrupt_record(memory: &MemoryStore, ns: &str, name: &str) {
+    use k8s_openapi::ByteString;
+    let key = ItemKey::new(ns, name);
+    let mut secret = crate::store::layout::record_secret(&key, &record_like()).expect("secret");
+    secret.data = Some(BTreeMap::from([(
+        crate::store::layout::RECORD_DATA.to_owned(),
+        ByteString(b"{not json".to_vec()),
+    )]));
+    memory.insert_raw(secret);
+}
+
+fn record_like() -> ItemRecord {
+    ItemRecord {
+        uid: "u".into(),
+        key_version: 1,
+        fields: BTreeMap::new(),
+        source_digest: String::new(),
+        generation: None,
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_record_elsewhere_stalls_nothing_and_one_here_keeps_this_namespaces_keys() {
+    let memory = seeded().await;
+    plant_corrupt_record(&memory, "elsewhere", "broken");
+    let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+    let state = data_rotation(&keys, unix_now()).await.expect("rotation");
+    assert_eq!(
+        state,
+        DataKeyState {
+            current: 2,
+            versions: vec![2]
+        },
+        "a record in another namespace does not hold this one up"
+    );
+    assert_all_records_open(&memory).await;
+
+    // One in this namespace could be on any key: the rotation moves every readable
+    // record but destroys no key.
+    let memory = seeded().await;
+    plant_corrupt_record(&memory, NS, "broken");
+    let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+    let state = data_rotation(&keys, unix_now()).await.expect("rotation");
+    assert_eq!(
+        state.versions,
+        vec![1, 2],
+        "v1 is kept for the unreadable record"
+    );
+    for (key, record) in memory.list_records().await.expect("list").items {
+        assert_eq!(record.value.key_version, 2, "{key} moved on");
     }
 }
