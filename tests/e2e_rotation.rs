@@ -44,6 +44,8 @@ fn start_operator(c: &Cluster, store_ns: &str, ns: &str) -> Operator {
             "60",
             "--data-key-retire-grace",
             "1s",
+            "--root-key-reload-interval",
+            "1s",
         ],
     )
 }
@@ -175,19 +177,20 @@ where
     }
 }
 
-async fn keyring(store: &SecretStore) -> Keyring {
+/// The keys of the test's environment, as stored.
+async fn keyring(store: &SecretStore, ns: &str) -> Keyring {
     store
-        .keyring()
+        .environment(ns)
         .await
-        .expect("read keyring")
-        .expect("keyring")
+        .expect("read the environment's keys")
+        .expect("the environment's keys")
         .value
 }
 
 /// No record names a data key version the keyring no longer holds, and none is lost.
 /// Returns how many records are still on an old version.
 async fn assert_no_record_on_a_destroyed_key(world: &World) -> usize {
-    let keyring = keyring(&world.store).await;
+    let keyring = keyring(&world.store, &world.ns).await;
     let env = keyring.environment(&world.ns).expect("environment");
     let records = world
         .store
@@ -220,7 +223,7 @@ async fn assert_every_item_opens(world: &World, admin: &Client) {
         .expect("read root keys")
         .expect("root key Secret")
         .value;
-    let keyring = keyring(&world.store).await;
+    let keyring = keyring(&world.store, &world.ns).await;
     let root = roots
         .key(keyring.root_key_version)
         .expect("the root key Secret holds the keyring's root key");
@@ -297,7 +300,7 @@ async fn a_data_key_rotation_survives_twenty_kills_of_the_operator() {
     let c = cluster();
     let admin = c.admin().await;
     let (world, mut operator) = populate(c, &admin, "rot-data").await;
-    let before = keyring(&world.store).await;
+    let before = keyring(&world.store, &world.ns).await;
     assert_eq!(
         before.environment(&world.ns).expect("env").current_data_key,
         1
@@ -319,7 +322,7 @@ async fn a_data_key_rotation_survives_twenty_kills_of_the_operator() {
         .expect("annotate");
     let started = Instant::now();
     wait_until(Duration::from_secs(30), "the new data key", || async {
-        let k = keyring(&world.store).await;
+        let k = keyring(&world.store, &world.ns).await;
         (k.environment(&world.ns).ok()?.current_data_key == 2).then_some(())
     })
     .await;
@@ -359,7 +362,7 @@ async fn a_data_key_rotation_survives_twenty_kills_of_the_operator() {
         Duration::from_secs(90),
         "the rotation to finish",
         || async {
-            let k = keyring(&world.store).await;
+            let k = keyring(&world.store, &world.ns).await;
             let env = k.environment(&world.ns).ok()?;
             (env.data_keys.keys().copied().collect::<Vec<_>>() == [env.current_data_key])
                 .then_some(env.current_data_key)
@@ -373,7 +376,7 @@ async fn a_data_key_rotation_survives_twenty_kills_of_the_operator() {
 
     // The request was honoured once: more checks make no third version.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = keyring(&world.store).await;
+    let after = keyring(&world.store, &world.ns).await;
     assert_eq!(
         after.environment(&world.ns).expect("env").current_data_key,
         2
@@ -402,16 +405,21 @@ async fn a_root_key_rotation_survives_kills_of_the_rotate_command_and_the_operat
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let requested_at = rfc3339_now();
 
-    let rotate = || {
+    let rotate_with = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_monivault"))
             .args([
                 "rotate",
                 "root-key",
                 "--namespace",
                 &world.store_ns,
+                "--watch-namespace",
+                &world.ns,
+                "--root-key-reload-interval",
+                "1s",
                 "--requested-at",
                 &requested_at,
             ])
+            .args(extra)
             .env("KUBECONFIG", c.var("KUBECONFIG"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -419,6 +427,7 @@ async fn a_root_key_rotation_survives_kills_of_the_rotate_command_and_the_operat
             .spawn()
             .expect("start monivault rotate")
     };
+    let rotate = || rotate_with(&[]);
     let mut rng = Rng(0x5EED_0002);
     let started = Instant::now();
     let (mut kills, mut operator_kills, mut runs) = (0, 0, 0);
@@ -451,7 +460,7 @@ async fn a_root_key_rotation_survives_kills_of_the_rotate_command_and_the_operat
         }
         // Whatever state the kill left, the keyring's root key is in the Secret.
         let roots = world.store.root_keys().await.expect("read").expect("roots");
-        let k = keyring(&world.store).await;
+        let k = keyring(&world.store, &world.ns).await;
         let root = roots
             .value
             .key(k.root_key_version)
@@ -463,7 +472,10 @@ async fn a_root_key_rotation_survives_kills_of_the_rotate_command_and_the_operat
             k.root_key_version,
         ));
     }
-    let out = rotate().wait_with_output().expect("rotate output");
+    // With --wait the last run also waits out the old key's retire grace and removes it.
+    let out = rotate_with(&["--wait"])
+        .wait_with_output()
+        .expect("rotate output");
     assert!(
         out.status.success(),
         "rotate failed: {}",
@@ -483,7 +495,7 @@ async fn a_root_key_rotation_survives_kills_of_the_rotate_command_and_the_operat
     let roots = world.store.root_keys().await.expect("read").expect("roots");
     assert_eq!(roots.value.versions(), vec![2], "the old root key is gone");
     assert_eq!(roots.value.current(), 2);
-    assert_eq!(keyring(&world.store).await.root_key_version, 2);
+    assert_eq!(keyring(&world.store, &world.ns).await.root_key_version, 2);
     assert_eq!(
         world.store.list_records().await.expect("list"),
         records_before,

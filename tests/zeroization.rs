@@ -129,7 +129,7 @@ fn no_freed_block_holds_a_plaintext_or_a_root_key() {
         runtime.block_on(async {
             let store = MemoryStore::new();
             let key = RootKey::from_bytes(1, &[ROOT_BYTE; 32]).expect("key");
-            let set = RootKeySet::new(key);
+            let set = RootKeySet::new(key, 0);
             store.put_root_keys(&set, None).await.expect("write");
             let read = store.root_keys().await.expect("read").expect("present");
             let root = read.value.current_key().expect("key");

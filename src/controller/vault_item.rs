@@ -354,7 +354,7 @@ async fn record_opens<S: Store>(
     spec: &VaultItemSpec,
     record: &ItemRecord,
 ) -> Result<bool, Error> {
-    let keyring = ctx.keys.keyring().await?;
+    let keyring = ctx.keys.keyring_for(namespace).await?;
     let root = ctx.keys.root_for(&keyring).await?;
     Ok(record_is_whole(
         &keyring, &root, namespace, name, uid, spec, record,

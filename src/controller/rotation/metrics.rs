@@ -16,6 +16,8 @@ pub struct RotationMetrics {
     pub(super) remaining: Gauge,
     pub(super) retired: Counter,
     pub(super) unreadable_records: Gauge,
+    pub(super) unreadable_environments: Gauge,
+    pub(super) dropped_environments: Counter,
     failures: Family<CategoryLabel, Counter>,
 }
 
@@ -37,6 +39,8 @@ impl RotationMetrics {
             remaining: Gauge::default(),
             retired: Counter::default(),
             unreadable_records: Gauge::default(),
+            unreadable_environments: Gauge::default(),
+            dropped_environments: Counter::default(),
             failures: Family::default(),
         };
         for kind in [KeyKind::RootKey, KeyKind::DataKey, KeyKind::SealingKey] {
@@ -69,6 +73,16 @@ impl RotationMetrics {
             "unreadable_records",
             "Item record Secrets that could not be read at the last listing; their namespaces keep every data key",
             metrics.unreadable_records.clone(),
+        );
+        registry.register(
+            "unreadable_environments",
+            "Environment Secrets that could not be read at the last listing; every root key version is kept meanwhile",
+            metrics.unreadable_environments.clone(),
+        );
+        registry.register(
+            "dropped_environments",
+            "Environments whose keys were dropped after their namespace was gone for the grace",
+            metrics.dropped_environments.clone(),
         );
         registry.register(
             "rotation_check_failures",

@@ -12,7 +12,7 @@ use crate::crypto::{Environment, reencrypt};
 use crate::store::{ItemKey, ItemRecord, Listing, Store, Versioned};
 use crate::store::{Keys, unix_now};
 
-use super::{Reporting, RotationConfig, RotationError, change_keyring, read_keyring};
+use super::{Reporting, RotationConfig, RotationError, change_environment, read_environment};
 
 /// Re-encryption passes per check: records re-ingested meanwhile are already current, so
 /// a second pass only finds records a concurrent rotation left behind.
@@ -57,7 +57,7 @@ pub async fn reencrypt_environment<S: Store>(
     limiter: &RateLimiter,
     reporting: &Reporting,
 ) -> Result<ReencryptOutcome, RotationError> {
-    let keyring = read_keyring(keys.store()).await?.value;
+    let keyring = read_environment(keys.store(), namespace).await?.value;
     let env = keyring.environment(namespace)?;
     let mut outcome = ReencryptOutcome::default();
     if env.data_keys.len() <= 1 {
@@ -255,7 +255,7 @@ pub async fn retire_unused_data_keys<S: Store>(
     grace: Duration,
     reporting: &Reporting,
 ) -> Result<Vec<u32>, RotationError> {
-    let keyring = read_keyring(keys.store()).await?.value;
+    let keyring = read_environment(keys.store(), namespace).await?.value;
     if !grace_elapsed(keyring.environment(namespace)?, grace, unix_now()) {
         return Ok(Vec::new());
     }
@@ -288,7 +288,7 @@ pub async fn retire_unused_data_keys<S: Store>(
     }
     let now = unix_now();
     let mut retired = Vec::new();
-    change_keyring(keys, |keyring, _| {
+    change_environment(keys, namespace, |keyring, _| {
         retired.clear();
         // A rotation since our read restarts the grace: its predecessor may still gain
         // records from a racing ingest.
@@ -354,7 +354,7 @@ pub async fn finish_data_key_rotation<S: Store>(
         }
     }
     if wait_for_grace {
-        let keyring = read_keyring(keys.store()).await?.value;
+        let keyring = read_environment(keys.store(), namespace).await?.value;
         let env = keyring.environment(namespace)?;
         if env.data_keys.len() > 1 {
             let created = env
@@ -370,7 +370,7 @@ pub async fn finish_data_key_rotation<S: Store>(
         }
     }
     let retired = retire_unused_data_keys(keys, namespace, config.retire_grace, reporting).await?;
-    let keyring = read_keyring(keys.store()).await?.value;
+    let keyring = read_environment(keys.store(), namespace).await?.value;
     let env = keyring.environment(namespace)?;
     let state = DataKeyState {
         current: env.current_data_key,
