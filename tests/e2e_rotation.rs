@@ -537,3 +537,149 @@ async fn a_root_key_rotation_survives_kills_of_the_rotate_command_and_the_operat
     assert!(operator.is_running(), "the operator died");
     assert_plaintexts_not_in_etcd(c, &world);
 }
+
+/// A monitor stamped under root key 1, as the webhook of a running operator stamps it.
+fn shop_monitor(name: &str) -> monivault::api::monitor::Monitor {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+        "metadata": {"name": name},
+        "spec": {
+            "url": "https://shop.example.com/login",
+            "auth": {"basic": {"credentialSet": "shop-login"}},
+        },
+    }))
+    .expect("monitor")
+}
+
+#[tokio::test]
+async fn a_root_key_rotation_keeps_every_admission_stamp_valid_until_its_monitor_goes() {
+    use monivault::api::monitor::Monitor;
+    use monivault::stamp::{self, root_version_of};
+    use monivault::store::Keys;
+    use std::sync::Arc;
+
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let c = cluster();
+    let admin = c.admin().await;
+    let ns = c.temp_namespace("rot-stamp").await;
+    let store_ns = c.temp_namespace("rot-stamp-store").await;
+    let operator = Operator::start_with_webhooks_and(
+        c,
+        &store_ns,
+        &ns,
+        &[
+            "--rotation-check-interval",
+            "1s",
+            "--root-key-reload-interval",
+            "1s",
+        ],
+    );
+    let store = SecretStore::new(admin.clone(), &store_ns);
+    section_public_key(&admin, &ns).await;
+    // Until the webhook serves, the API server's CEL rule refuses a plaintext.
+    let items: Api<VaultItem> = Api::namespaced(admin.clone(), &ns);
+    let login: VaultItem = serde_json::from_value(serde_json::json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": "shop-login"},
+        "spec": {"type": "CredentialSet", "section": "checkout",
+                 "allowedHosts": ["shop.example.com"],
+                 "credentialSet": {"username": "bot", "password": "stamp-test-Pa55word"}},
+    }))
+    .expect("item");
+    wait_until(Duration::from_secs(60), "the webhook to serve", || {
+        let (items, login) = (items.clone(), login.clone());
+        async move { items.create(&PostParams::default(), &login).await.ok() }
+    })
+    .await;
+    let monitors: Api<Monitor> = Api::namespaced(admin.clone(), &ns);
+    monitors
+        .create(&PostParams::default(), &shop_monitor("shop"))
+        .await
+        .expect("the admin creates the shop monitor");
+    let stamped = monitors.get("shop").await.expect("read");
+    assert_eq!(root_version_of(&stamped.metadata), Some(1));
+    let fresh_keys = || async {
+        Keys::bootstrap(Arc::new(SecretStore::new(admin.clone(), &store_ns)))
+            .await
+            .expect("keys from the store")
+    };
+    stamp::verify(&fresh_keys().await, &stamped)
+        .await
+        .expect("stamped under root key 1");
+
+    // All four steps: new key, every environment re-wrapped, the switch, and step 4. A
+    // request newer than the root key (made this second) is honoured.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_monivault"))
+        .args([
+            "rotate",
+            "root-key",
+            "--namespace",
+            &store_ns,
+            "--watch-namespace",
+            &ns,
+            "--root-key-reload-interval",
+            "1s",
+        ])
+        .env("KUBECONFIG", c.var("KUBECONFIG"))
+        .output()
+        .expect("monivault rotate");
+    assert!(out.status.success(), "rotate: {}", support::stderr(&out));
+    let said = support::stdout(&out);
+    assert!(said.contains("root key version 2 is current"), "{said}");
+    assert_eq!(
+        store
+            .environment(&ns)
+            .await
+            .expect("read")
+            .expect("keys")
+            .value
+            .root_key_version,
+        2,
+        "the environment is re-wrapped"
+    );
+    // Once the retire grace is over, the operator's check keeps v1 for the stamp.
+    wait_until(
+        Duration::from_secs(60),
+        "step 4 to keep v1 for the stamp",
+        || {
+            let log = operator.stderr();
+            async move { log.contains("admission stamps still name").then_some(()) }
+        },
+    )
+    .await;
+    let roots = store.root_keys().await.expect("read").expect("roots").value;
+    assert_eq!((roots.current(), roots.versions()), (2, vec![1, 2]));
+    let stamped = monitors.get("shop").await.expect("read");
+    stamp::verify(&fresh_keys().await, &stamped)
+        .await
+        .expect("a stamp made before the rotation still verifies after it");
+
+    // The webhook signs new stamps with the new key.
+    monitors
+        .create(&PostParams::default(), &shop_monitor("after"))
+        .await
+        .expect("create another monitor");
+    let after = monitors.get("after").await.expect("read");
+    assert_eq!(root_version_of(&after.metadata), Some(2));
+    stamp::verify(&fresh_keys().await, &after)
+        .await
+        .expect("stamped under root key 2");
+
+    // The old monitor goes: the next check removes v1.
+    monitors
+        .delete("shop", &Default::default())
+        .await
+        .expect("delete the old monitor");
+    let versions = wait_until(Duration::from_secs(30), "v1 to be removed", || async {
+        let roots = store.root_keys().await.ok()??.value;
+        (roots.versions() == [2]).then_some(roots.versions())
+    })
+    .await;
+    assert_eq!(versions, vec![2]);
+    stamp::verify(&fresh_keys().await, &after)
+        .await
+        .expect("the new stamp verifies");
+    let mut operator = operator;
+    assert!(operator.is_running(), "the operator died");
+}

@@ -327,16 +327,23 @@ impl Operator {
     /// With its admission webhooks registered for `watch_ns`, by `url:` to its loopback
     /// port. The configurations are named after `store_ns`, so tests do not share them.
     pub fn start_with_webhooks(c: &Cluster, store_ns: &str, watch_ns: &str) -> Operator {
-        let mut op = Operator::start_with(
-            c,
+        Operator::start_with_webhooks_and(c, store_ns, watch_ns, &[])
+    }
+
+    /// With its admission webhooks, and more `monivault run` arguments.
+    pub fn start_with_webhooks_and(
+        c: &Cluster,
+        store_ns: &str,
+        watch_ns: &str,
+        extra: &[&str],
+    ) -> Operator {
+        let mut args = vec![
+            "--register-local-webhooks",
+            "--webhook-configuration",
             store_ns,
-            watch_ns,
-            &[
-                "--register-local-webhooks",
-                "--webhook-configuration",
-                store_ns,
-            ],
-        );
+        ];
+        args.extend_from_slice(extra);
+        let mut op = Operator::start_with(c, store_ns, watch_ns, &args);
         op.registered = Some((
             PathBuf::from(c.var("MONIVAULT_KUBECTL")),
             PathBuf::from(c.var("KUBECONFIG")),
