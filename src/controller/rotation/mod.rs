@@ -61,10 +61,10 @@ mod args;
 mod environment;
 mod facts;
 mod metrics;
-pub mod orphans;
+mod orphans;
 mod reencrypt;
 mod reporting;
-pub mod root;
+mod root;
 
 /// Time allowed for an admission (the webhook answers within 9 s): a stamp signed just
 /// before a replica reloaded its root keys is stored by then.
