@@ -239,7 +239,8 @@ fn run(args: RunArgs) -> Result<(), CliError> {
 
         let client = kube::Client::try_default().await.map_err(CliError::Kube)?;
         let store = Arc::new(SecretStore::new(client.clone(), &args.namespace));
-        let keys = Arc::new(Keys::bootstrap(store).await?);
+        let reload = args.rotation.reencrypt.root_key_reload_interval;
+        let keys = Arc::new(Keys::bootstrap_with(store, reload).await?);
         let mut settings = args
             .webhook
             .settings(&args.namespace, args.watch_namespace.as_deref());
@@ -289,15 +290,16 @@ async fn lead_and_control(
             }
             // Key rotation runs on the leader only, beside the controller.
             let rotation = controller::rotation::run_rotation_loop(
-                client.clone(),
                 keys.clone(),
+                controller::rotation::KubeFacts::new(client.clone(), args.watch_namespace.clone()),
                 args.watch_namespace.clone(),
                 args.rotation.config(),
                 controller::rotation::Reporting::new(
                     client.clone(),
                     args.instance.clone(),
                     Some(rotation_metrics),
-                ),
+                )
+                .with_key_gauges(metrics.clone()),
             );
             // So does the runner: checks run only on the leader.
             let runner = monivault::runner::run(

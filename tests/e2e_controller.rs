@@ -55,10 +55,10 @@ async fn a_sealed_item_becomes_ready_and_only_the_root_key_opens_its_record() {
         .expect("root keys")
         .expect("root key Secret");
     let keyring = store
-        .keyring()
+        .environment(&ns)
         .await
-        .expect("keyring")
-        .expect("keyring Secret")
+        .expect("keys")
+        .expect("the environment's Secret")
         .value;
     let root = roots.value.key(keyring.root_key_version).expect("root key");
     let key = ItemKey {
@@ -211,7 +211,7 @@ async fn an_operator_without_its_root_key_refuses_to_start() {
         let _operator = Operator::start(c, &store_ns, &ns);
         let store = SecretStore::new(admin.clone(), &store_ns);
         eventually("the keyring", || async {
-            store.keyring().await.ok()?.map(|_| ())
+            store.keyring_head().await.ok()?.map(|_| ())
         })
         .await;
     }
@@ -523,10 +523,10 @@ async fn an_altered_store_record_is_rebuilt_from_the_sealed_value() {
     })
     .await;
     let keyring = store
-        .keyring()
+        .environment(&ns)
         .await
-        .expect("keyring")
-        .expect("keyring")
+        .expect("keys")
+        .expect("the environment's Secret")
         .value;
     let roots = store
         .root_keys()

@@ -44,6 +44,8 @@ fn start_operator(c: &Cluster, store_ns: &str, ns: &str) -> Operator {
             "60",
             "--data-key-retire-grace",
             "1s",
+            "--root-key-reload-interval",
+            "1s",
         ],
     )
 }
@@ -177,21 +179,27 @@ where
     }
 }
 
-async fn keyring(store: &SecretStore) -> Keyring {
+/// The keys of the test's environment, as stored.
+async fn keyring(store: &SecretStore, ns: &str) -> Keyring {
     store
-        .keyring()
+        .environment(ns)
         .await
-        .expect("read keyring")
-        .expect("keyring")
+        .expect("read the environment's keys")
+        .expect("the environment's keys")
         .value
 }
 
 /// No record names a data key version the keyring no longer holds, and none is lost.
 /// Returns how many records are still on an old version.
 async fn assert_no_record_on_a_destroyed_key(world: &World) -> usize {
-    let keyring = keyring(&world.store).await;
+    let keyring = keyring(&world.store, &world.ns).await;
     let env = keyring.environment(&world.ns).expect("environment");
-    let records = world.store.list_records().await.expect("list records");
+    let records = world
+        .store
+        .list_records()
+        .await
+        .expect("list records")
+        .items;
     assert_eq!(records.len(), ITEMS, "a record was lost");
     let mut old = 0;
     for (key, record) in &records {
@@ -217,7 +225,7 @@ async fn assert_every_item_opens(world: &World, admin: &Client) {
         .expect("read root keys")
         .expect("root key Secret")
         .value;
-    let keyring = keyring(&world.store).await;
+    let keyring = keyring(&world.store, &world.ns).await;
     let root = roots
         .key(keyring.root_key_version)
         .expect("the root key Secret holds the keyring's root key");
@@ -231,7 +239,12 @@ async fn assert_every_item_opens(world: &World, admin: &Client) {
         .iter()
         .map(|item| (item.name_any(), item.uid().unwrap_or_default()))
         .collect();
-    let records = world.store.list_records().await.expect("list records");
+    let records = world
+        .store
+        .list_records()
+        .await
+        .expect("list records")
+        .items;
     assert_eq!(records.len(), ITEMS, "no record lost");
     for (key, record) in &records {
         assert_eq!(key.namespace, world.ns);
@@ -289,7 +302,7 @@ async fn a_data_key_rotation_survives_twenty_kills_of_the_operator() {
     let c = cluster();
     let admin = c.admin().await;
     let (world, mut operator) = populate(c, &admin, "rot-data").await;
-    let before = keyring(&world.store).await;
+    let before = keyring(&world.store, &world.ns).await;
     assert_eq!(
         before.environment(&world.ns).expect("env").current_data_key,
         1
@@ -311,7 +324,7 @@ async fn a_data_key_rotation_survives_twenty_kills_of_the_operator() {
         .expect("annotate");
     let started = Instant::now();
     wait_until(Duration::from_secs(30), "the new data key", || async {
-        let k = keyring(&world.store).await;
+        let k = keyring(&world.store, &world.ns).await;
         (k.environment(&world.ns).ok()?.current_data_key == 2).then_some(())
     })
     .await;
@@ -351,7 +364,7 @@ async fn a_data_key_rotation_survives_twenty_kills_of_the_operator() {
         Duration::from_secs(90),
         "the rotation to finish",
         || async {
-            let k = keyring(&world.store).await;
+            let k = keyring(&world.store, &world.ns).await;
             let env = k.environment(&world.ns).ok()?;
             (env.data_keys.keys().copied().collect::<Vec<_>>() == [env.current_data_key])
                 .then_some(env.current_data_key)
@@ -365,7 +378,7 @@ async fn a_data_key_rotation_survives_twenty_kills_of_the_operator() {
 
     // The request was honoured once: more checks make no third version.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = keyring(&world.store).await;
+    let after = keyring(&world.store, &world.ns).await;
     assert_eq!(
         after.environment(&world.ns).expect("env").current_data_key,
         2
@@ -394,16 +407,21 @@ async fn a_root_key_rotation_survives_kills_of_the_rotate_command_and_the_operat
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let requested_at = rfc3339_now();
 
-    let rotate = || {
+    let rotate_with = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_monivault"))
             .args([
                 "rotate",
                 "root-key",
                 "--namespace",
                 &world.store_ns,
+                "--watch-namespace",
+                &world.ns,
+                "--root-key-reload-interval",
+                "1s",
                 "--requested-at",
                 &requested_at,
             ])
+            .args(extra)
             .env("KUBECONFIG", c.var("KUBECONFIG"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -411,6 +429,7 @@ async fn a_root_key_rotation_survives_kills_of_the_rotate_command_and_the_operat
             .spawn()
             .expect("start monivault rotate")
     };
+    let rotate = || rotate_with(&[]);
     let mut rng = Rng(0x5EED_0002);
     let started = Instant::now();
     let (mut kills, mut operator_kills, mut runs) = (0, 0, 0);
@@ -443,7 +462,7 @@ async fn a_root_key_rotation_survives_kills_of_the_rotate_command_and_the_operat
         }
         // Whatever state the kill left, the keyring's root key is in the Secret.
         let roots = world.store.root_keys().await.expect("read").expect("roots");
-        let k = keyring(&world.store).await;
+        let k = keyring(&world.store, &world.ns).await;
         let root = roots
             .value
             .key(k.root_key_version)
@@ -455,7 +474,10 @@ async fn a_root_key_rotation_survives_kills_of_the_rotate_command_and_the_operat
             k.root_key_version,
         ));
     }
-    let out = rotate().wait_with_output().expect("rotate output");
+    // With --wait the last run also waits out the old key's retire grace and removes it.
+    let out = rotate_with(&["--wait"])
+        .wait_with_output()
+        .expect("rotate output");
     assert!(
         out.status.success(),
         "rotate failed: {}",
@@ -475,7 +497,7 @@ async fn a_root_key_rotation_survives_kills_of_the_rotate_command_and_the_operat
     let roots = world.store.root_keys().await.expect("read").expect("roots");
     assert_eq!(roots.value.versions(), vec![2], "the old root key is gone");
     assert_eq!(roots.value.current(), 2);
-    assert_eq!(keyring(&world.store).await.root_key_version, 2);
+    assert_eq!(keyring(&world.store, &world.ns).await.root_key_version, 2);
     assert_eq!(
         world.store.list_records().await.expect("list"),
         records_before,
@@ -518,4 +540,150 @@ async fn a_root_key_rotation_survives_kills_of_the_rotate_command_and_the_operat
     support::ready_condition(&items, "after-rotation", "True").await;
     assert!(operator.is_running(), "the operator died");
     assert_plaintexts_not_in_etcd(c, &world);
+}
+
+/// A monitor stamped under root key 1, as the webhook of a running operator stamps it.
+fn shop_monitor(name: &str) -> monivault::api::monitor::Monitor {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+        "metadata": {"name": name},
+        "spec": {
+            "url": "https://shop.example.com/login",
+            "auth": {"basic": {"credentialSet": "shop-login"}},
+        },
+    }))
+    .expect("monitor")
+}
+
+#[tokio::test]
+async fn a_root_key_rotation_keeps_every_admission_stamp_valid_until_its_monitor_goes() {
+    use monivault::api::monitor::Monitor;
+    use monivault::stamp::{self, root_version_of};
+    use monivault::store::Keys;
+    use std::sync::Arc;
+
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let c = cluster();
+    let admin = c.admin().await;
+    let ns = c.temp_namespace("rot-stamp").await;
+    let store_ns = c.temp_namespace("rot-stamp-store").await;
+    let operator = Operator::start_with_webhooks_and(
+        c,
+        &store_ns,
+        &ns,
+        &[
+            "--rotation-check-interval",
+            "1s",
+            "--root-key-reload-interval",
+            "1s",
+        ],
+    );
+    let store = SecretStore::new(admin.clone(), &store_ns);
+    section_public_key(&admin, &ns).await;
+    // Until the webhook serves, the API server's CEL rule refuses a plaintext.
+    let items: Api<VaultItem> = Api::namespaced(admin.clone(), &ns);
+    let login: VaultItem = serde_json::from_value(serde_json::json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": "shop-login"},
+        "spec": {"type": "CredentialSet", "section": "checkout",
+                 "allowedHosts": ["shop.example.com"],
+                 "credentialSet": {"username": "bot", "password": "stamp-test-Pa55word"}},
+    }))
+    .expect("item");
+    wait_until(Duration::from_secs(60), "the webhook to serve", || {
+        let (items, login) = (items.clone(), login.clone());
+        async move { items.create(&PostParams::default(), &login).await.ok() }
+    })
+    .await;
+    let monitors: Api<Monitor> = Api::namespaced(admin.clone(), &ns);
+    monitors
+        .create(&PostParams::default(), &shop_monitor("shop"))
+        .await
+        .expect("the admin creates the shop monitor");
+    let stamped = monitors.get("shop").await.expect("read");
+    assert_eq!(root_version_of(&stamped.metadata), Some(1));
+    let fresh_keys = || async {
+        Keys::bootstrap(Arc::new(SecretStore::new(admin.clone(), &store_ns)))
+            .await
+            .expect("keys from the store")
+    };
+    stamp::verify(&fresh_keys().await, &stamped)
+        .await
+        .expect("stamped under root key 1");
+
+    // All four steps: new key, every environment re-wrapped, the switch, and step 4. A
+    // request newer than the root key (made this second) is honoured.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_monivault"))
+        .args([
+            "rotate",
+            "root-key",
+            "--namespace",
+            &store_ns,
+            "--watch-namespace",
+            &ns,
+            "--root-key-reload-interval",
+            "1s",
+        ])
+        .env("KUBECONFIG", c.var("KUBECONFIG"))
+        .output()
+        .expect("monivault rotate");
+    assert!(out.status.success(), "rotate: {}", support::stderr(&out));
+    let said = support::stdout(&out);
+    assert!(said.contains("root key version 2 is current"), "{said}");
+    assert_eq!(
+        store
+            .environment(&ns)
+            .await
+            .expect("read")
+            .expect("keys")
+            .value
+            .root_key_version,
+        2,
+        "the environment is re-wrapped"
+    );
+    // Once the retire grace is over, the operator's check keeps v1 for the stamp.
+    wait_until(
+        Duration::from_secs(60),
+        "step 4 to keep v1 for the stamp",
+        || {
+            let log = operator.stderr();
+            async move { log.contains("admission stamps still name").then_some(()) }
+        },
+    )
+    .await;
+    let roots = store.root_keys().await.expect("read").expect("roots").value;
+    assert_eq!((roots.current(), roots.versions()), (2, vec![1, 2]));
+    let stamped = monitors.get("shop").await.expect("read");
+    stamp::verify(&fresh_keys().await, &stamped)
+        .await
+        .expect("a stamp made before the rotation still verifies after it");
+
+    // The webhook signs new stamps with the new key.
+    monitors
+        .create(&PostParams::default(), &shop_monitor("after"))
+        .await
+        .expect("create another monitor");
+    let after = monitors.get("after").await.expect("read");
+    assert_eq!(root_version_of(&after.metadata), Some(2));
+    stamp::verify(&fresh_keys().await, &after)
+        .await
+        .expect("stamped under root key 2");
+
+    // The old monitor goes: the next check removes v1.
+    monitors
+        .delete("shop", &Default::default())
+        .await
+        .expect("delete the old monitor");
+    let versions = wait_until(Duration::from_secs(30), "v1 to be removed", || async {
+        let roots = store.root_keys().await.ok()??.value;
+        (roots.versions() == [2]).then_some(roots.versions())
+    })
+    .await;
+    assert_eq!(versions, vec![2]);
+    stamp::verify(&fresh_keys().await, &after)
+        .await
+        .expect("the new stamp verifies");
+    let mut operator = operator;
+    assert!(operator.is_running(), "the operator died");
 }

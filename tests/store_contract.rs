@@ -16,14 +16,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
-use monivault::crypto::{CryptoError, Keyring, RootKey};
+use monivault::crypto::{Keyring, RootKey};
 use monivault::store::layout::{
-    self, ITEM_NAME_ANNOTATION, ITEM_NAMESPACE_ANNOTATION, KEYRING_DATA, KEYRING_SECRET,
+    self, HEAD_DATA, ITEM_NAME_ANNOTATION, ITEM_NAMESPACE_ANNOTATION, KEYRING_DATA, KEYRING_SECRET,
     MANAGED_BY, MANAGED_BY_LABEL, RECORD_DATA, RECORD_KIND_ITEM, RECORD_LABEL, ROOT_KEY_SECRET,
 };
 use monivault::store::{
-    ItemKey, ItemRecord, MemoryStore, RootKeySet, SecretStore, Store, StoreError, Versioned,
-    update_keyring,
+    ItemKey, ItemRecord, KeyringHead, Keys, Listing, MemoryStore, RootKeySet, SecretStore, Store,
+    StoreError, StoredKeyring, Versioned,
 };
 use tokio::sync::Barrier;
 
@@ -124,13 +124,14 @@ macro_rules! contract {
 
 contract!(
     root_keys_are_created_once_and_replaced_only_at_the_version_read,
-    the_keyring_is_created_once_and_replaced_only_at_the_version_read,
+    the_keyring_head_and_environments_are_created_once_and_replaced_only_at_the_version_read,
     records_are_written_and_deleted_only_under_their_preconditions,
     listing_returns_every_record_and_nothing_else,
-    racing_keyring_updates_agree_on_one_environment_key,
+    racing_replicas_creating_one_environment_agree_on_its_keys,
     many_replicas_adding_environments_all_get_through,
     the_secrets_have_the_documented_layout,
     corrupt_secrets_are_reported_as_corrupt_without_their_contents,
+    a_keyring_in_the_one_secret_format_is_split_on_first_start,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -153,38 +154,18 @@ fn record(uid: &str, key_version: u32) -> ItemRecord {
     }
 }
 
-/// What a caller of `update_keyring` has: its own error type, which store errors convert
-/// into, and which also carries the engine's errors from the closure.
-#[derive(Debug)]
-#[expect(
-    dead_code,
-    reason = "the fields are read through Debug when a test fails"
-)]
-enum KeysError {
-    Store(StoreError),
-    Crypto(CryptoError),
+/// `namespace`'s keys alone, as the store keeps them.
+fn one_environment(root: &RootKey, namespace: &str, now: i64) -> Keyring {
+    let mut keyring = Keyring::new(root, now);
+    keyring
+        .ensure_environment(root, namespace, now)
+        .expect("environment");
+    keyring
 }
 
-impl From<StoreError> for KeysError {
-    fn from(e: StoreError) -> Self {
-        KeysError::Store(e)
-    }
-}
-
-/// `update_keyring` with `Keyring::ensure_environment`, as the webhook and controller do.
-async fn ensure_environment<S: Store>(
-    store: &S,
-    root: &RootKey,
-    namespace: &str,
-    calls: &AtomicU32,
-) -> Result<Keyring, KeysError> {
-    update_keyring(store, |keyring| {
-        calls.fetch_add(1, Ordering::SeqCst);
-        keyring
-            .ensure_environment(root, namespace, 5)
-            .map_err(KeysError::Crypto)
-    })
-    .await
+/// A replica's keys over `store`, whose root key and keyring exist.
+async fn replica<S: Store>(store: S) -> Keys<S> {
+    Keys::bootstrap(Arc::new(store)).await.expect("bootstrap")
 }
 
 fn assert_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>, doing: &str) {
@@ -248,12 +229,12 @@ async fn root_keys_are_created_once_and_replaced_only_at_the_version_read(b: &im
     let store = b.store();
     assert!(store.root_keys().await.expect("read").is_none());
 
-    let mut keys = RootKeySet::new(root(1, 0x11));
+    let mut keys = RootKeySet::new(root(1, 0x11), 100);
     let rv1 = store.put_root_keys(&keys, None).await.expect("create");
     // A second replica starting at the same moment must not overwrite the first's key.
     assert_conflict(
         store
-            .put_root_keys(&RootKeySet::new(root(1, 0x22)), None)
+            .put_root_keys(&RootKeySet::new(root(1, 0x22), 100), None)
             .await,
         "create over an existing root key",
     );
@@ -265,7 +246,7 @@ async fn root_keys_are_created_once_and_replaced_only_at_the_version_read(b: &im
     );
 
     keys.insert(root(2, 0x33)).expect("add v2");
-    keys.set_current(2).expect("switch");
+    keys.set_current(2, 200).expect("switch");
     let rv2 = store
         .put_root_keys(&keys, Some(&rv1))
         .await
@@ -279,36 +260,101 @@ async fn root_keys_are_created_once_and_replaced_only_at_the_version_read(b: &im
     assert_eq!(stored.resource_version, rv2);
     assert_eq!(stored.value.versions(), vec![1, 2]);
     assert_eq!(stored.value.current(), 2);
+    assert_eq!(stored.value.since(), Some(200));
     assert_eq!(stored.value.key(1).expect("v1").expose_bytes(), &[0x11; 32]);
     assert_eq!(stored.value.key(2).expect("v2").expose_bytes(), &[0x33; 32]);
 }
 
-async fn the_keyring_is_created_once_and_replaced_only_at_the_version_read(b: &impl Backend) {
+async fn the_keyring_head_and_environments_are_created_once_and_replaced_only_at_the_version_read(
+    b: &impl Backend,
+) {
     let store = b.store();
-    let root = root(1, 0x44);
-    assert!(store.keyring().await.expect("read").is_none());
-    let empty = Keyring::new(&root, 1_000);
-    let rv1 = store.put_keyring(&empty, None).await.expect("create");
+    assert!(store.keyring_head().await.expect("read").is_none());
+    let rv = store
+        .put_keyring_head(&KeyringHead::new(1_000), None)
+        .await
+        .expect("create");
     assert_conflict(
-        store.put_keyring(&Keyring::new(&root, 2_000), None).await,
-        "create over an existing keyring",
+        store.put_keyring_head(&KeyringHead::new(2_000), None).await,
+        "create over an existing head",
+    );
+    assert_eq!(
+        store.keyring_head().await.expect("read"),
+        Some(Versioned {
+            value: StoredKeyring::Head(KeyringHead::new(1_000)),
+            resource_version: rv
+        })
     );
 
-    let mut next = empty.clone();
-    assert!(next.ensure_environment(&root, "shop", 1_000).expect("env"));
-    let rv2 = store.put_keyring(&next, Some(&rv1)).await.expect("replace");
+    let root = root(1, 0x44);
+    assert!(store.environment("shop").await.expect("read").is_none());
+    let shop = one_environment(&root, "shop", 1_000);
+    let rv1 = store
+        .put_environment("shop", &shop, None)
+        .await
+        .expect("create");
     assert_conflict(
-        store.put_keyring(&empty, Some(&rv1)).await,
-        "a stale writer would drop the shop keys",
+        store
+            .put_environment("shop", &one_environment(&root, "shop", 2_000), None)
+            .await,
+        "a second replica's create would replace the shop keys",
     );
-    let stored = store.keyring().await.expect("read").expect("present");
+    let mut next = shop.clone();
+    next.rotate_sealing_key(&root, "shop", 1_500)
+        .expect("rotate");
+    let rv2 = store
+        .put_environment("shop", &next, Some(&rv1))
+        .await
+        .expect("replace");
+    assert_conflict(
+        store.put_environment("shop", &shop, Some(&rv1)).await,
+        "a stale writer would drop the new sealing key",
+    );
     assert_eq!(
-        stored,
-        Versioned {
-            value: next,
-            resource_version: rv2
-        }
+        store.environment("shop").await.expect("read"),
+        Some(Versioned {
+            value: next.clone(),
+            resource_version: rv2.clone()
+        })
     );
+    // One Secret holds one namespace's keys, and no other's.
+    assert!(matches!(
+        store.put_environment("team", &shop, None).await,
+        Err(StoreError::Invalid { .. })
+    ));
+
+    let team = one_environment(&root, "team", 1_000);
+    store
+        .put_environment("team", &team, None)
+        .await
+        .expect("create");
+    let listing = store.list_environments().await.expect("list");
+    assert_eq!(
+        listing
+            .items
+            .iter()
+            .map(|(ns, e)| (ns.as_str(), &e.value))
+            .collect::<Vec<_>>(),
+        [("shop", &next), ("team", &team)]
+    );
+    assert!(listing.unreadable.is_empty());
+    assert_eq!(
+        store.some_environments(1).await.expect("some").items.len(),
+        1
+    );
+
+    assert_conflict(
+        store.delete_environment("shop", &rv1).await,
+        "a delete at a stale version",
+    );
+    assert!(
+        store
+            .delete_environment("shop", &rv2)
+            .await
+            .expect("delete")
+    );
+    assert!(!store.delete_environment("shop", &rv2).await.expect("gone"));
+    assert!(store.environment("shop").await.expect("read").is_none());
 }
 
 async fn records_are_written_and_deleted_only_under_their_preconditions(b: &impl Backend) {
@@ -361,15 +407,26 @@ async fn records_are_written_and_deleted_only_under_their_preconditions(b: &impl
 
 async fn listing_returns_every_record_and_nothing_else(b: &impl Backend) {
     let store = b.store();
-    assert!(store.list_records().await.expect("empty list").is_empty());
-    // The root key and keyring Secrets sit in the same namespace and must not be listed.
+    assert_eq!(
+        store.list_records().await.expect("empty list"),
+        Listing {
+            items: Vec::new(),
+            unreadable: Vec::new()
+        }
+    );
+    // The root key, keyring and environment Secrets sit in the same namespace and must not
+    // be listed.
     let root_key = root(1, 0x55);
     store
-        .put_keyring(&Keyring::new(&root_key, 0), None)
+        .put_keyring_head(&KeyringHead::new(0), None)
         .await
-        .expect("keyring");
+        .expect("head");
     store
-        .put_root_keys(&RootKeySet::new(root_key), None)
+        .put_environment("team-0", &one_environment(&root_key, "team-0", 0), None)
+        .await
+        .expect("environment");
+    store
+        .put_root_keys(&RootKeySet::new(root_key, 0), None)
         .await
         .expect("root");
 
@@ -383,7 +440,7 @@ async fn listing_returns_every_record_and_nothing_else(b: &impl Backend) {
             .expect("create");
     }
     keys.sort();
-    let listed = store.list_records().await.expect("list");
+    let listed = store.list_records().await.expect("list").items;
     assert_eq!(
         listed.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
         keys,
@@ -396,18 +453,19 @@ async fn listing_returns_every_record_and_nothing_else(b: &impl Backend) {
 
     let (gone, at) = (&listed[0].0, &listed[0].1.resource_version);
     assert!(store.delete_record(gone, at).await.expect("delete"));
-    let listed = store.list_records().await.expect("list");
+    let listed = store.list_records().await.expect("list").items;
     assert_eq!(listed.len(), 4);
     assert!(listed.iter().all(|(k, _)| k != gone));
 }
 
-/// A store that holds each caller's first keyring write at a barrier until every racer
-/// has read the keyring: so both read the same version, and exactly one write lands.
+/// A store that holds each caller's first environment write at a barrier until every
+/// racer has read: so both find the keys missing, and exactly one create lands.
 #[derive(Clone)]
 struct Racing<S> {
     inner: S,
     barrier: Arc<Barrier>,
     armed: Arc<AtomicBool>,
+    reads: Arc<AtomicU32>,
 }
 
 impl<S: Store + Clone> Store for Racing<S> {
@@ -421,18 +479,45 @@ impl<S: Store + Clone> Store for Racing<S> {
     ) -> Result<String, StoreError> {
         self.inner.put_root_keys(keys, expected).await
     }
-    async fn keyring(&self) -> Result<Option<Versioned<Keyring>>, StoreError> {
-        self.inner.keyring().await
+    async fn keyring_head(&self) -> Result<Option<Versioned<StoredKeyring>>, StoreError> {
+        self.inner.keyring_head().await
     }
-    async fn put_keyring(
+    async fn put_keyring_head(
         &self,
+        head: &KeyringHead,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        self.inner.put_keyring_head(head, expected).await
+    }
+    async fn environment(&self, namespace: &str) -> Result<Option<Versioned<Keyring>>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.environment(namespace).await
+    }
+    async fn put_environment(
+        &self,
+        namespace: &str,
         keyring: &Keyring,
         expected: Option<&str>,
     ) -> Result<String, StoreError> {
         if self.armed.swap(false, Ordering::SeqCst) {
             self.barrier.wait().await;
         }
-        self.inner.put_keyring(keyring, expected).await
+        self.inner
+            .put_environment(namespace, keyring, expected)
+            .await
+    }
+    async fn delete_environment(
+        &self,
+        namespace: &str,
+        expected: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner.delete_environment(namespace, expected).await
+    }
+    async fn list_environments(&self) -> Result<Listing<String, Keyring>, StoreError> {
+        self.inner.list_environments().await
+    }
+    async fn some_environments(&self, limit: u32) -> Result<Listing<String, Keyring>, StoreError> {
+        self.inner.some_environments(limit).await
     }
     async fn record(&self, key: &ItemKey) -> Result<Option<Versioned<ItemRecord>>, StoreError> {
         self.inner.record(key).await
@@ -448,78 +533,85 @@ impl<S: Store + Clone> Store for Racing<S> {
     async fn delete_record(&self, key: &ItemKey, expected: &str) -> Result<bool, StoreError> {
         self.inner.delete_record(key, expected).await
     }
-    async fn list_records(&self) -> Result<Vec<(ItemKey, Versioned<ItemRecord>)>, StoreError> {
+    async fn list_records(&self) -> Result<Listing<ItemKey, ItemRecord>, StoreError> {
         self.inner.list_records().await
     }
 }
 
 /// The webhook and the controller both find the `shop` environment missing and create
-/// its keys at the same moment. One write wins; the other re-reads, finds the keys, and
+/// its keys at the same moment. One create wins; the other re-reads, finds the keys, and
 /// both end up using the very same keys.
-async fn racing_keyring_updates_agree_on_one_environment_key(b: &impl Backend) {
-    let root = Arc::new(root(1, 0x66));
-    b.store()
-        .put_keyring(&Keyring::new(&root, 0), None)
-        .await
-        .expect("keyring");
+async fn racing_replicas_creating_one_environment_agree_on_its_keys(b: &impl Backend) {
+    replica(b.store().clone()).await; // the root key and the keyring
     let barrier = Arc::new(Barrier::new(2));
-    let calls = Arc::new(AtomicU32::new(0));
-    let replica = |_| {
+    let reads = Arc::new(AtomicU32::new(0));
+    let racer = |_| {
         let store = Racing {
             inner: b.store().clone(),
             barrier: barrier.clone(),
             armed: Arc::new(AtomicBool::new(true)),
+            reads: reads.clone(),
         };
-        let (root, calls) = (root.clone(), calls.clone());
         tokio::spawn(async move {
-            ensure_environment(&store, &root, "shop", &calls)
+            let keys = replica(store).await;
+            keys.ensure_environment("shop")
                 .await
-                .expect("update_keyring")
+                .expect("ensure_environment")
         })
     };
-    let (webhook, controller) = (replica(0), replica(1));
+    let (webhook, controller) = (racer(0), racer(1));
     let (webhook, controller) = (
         webhook.await.expect("join"),
         controller.await.expect("join"),
     );
     assert_eq!(webhook, controller, "both replicas hold the same keys");
-    let stored = b.store().keyring().await.expect("read").expect("present");
+    let stored = b
+        .store()
+        .environment("shop")
+        .await
+        .expect("read")
+        .expect("present");
     assert_eq!(stored.value, webhook);
-    assert_eq!(stored.value.environments.len(), 1);
     assert_eq!(
-        calls.load(Ordering::SeqCst),
+        b.store()
+            .list_environments()
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
         3,
-        "one caller lost the race and re-read once"
+        "one replica lost the race and read once more"
     );
 }
 
-/// Six replicas each create a different environment at once, with no help: every one
-/// lands (each compare-and-swap round has a winner, and losers retry).
+/// Six replicas each create a different environment at once: every one lands (each is
+/// its own Secret, so they do not even contend).
 async fn many_replicas_adding_environments_all_get_through(b: &impl Backend) {
-    let root = Arc::new(root(1, 0x77));
-    b.store()
-        .put_keyring(&Keyring::new(&root, 0), None)
-        .await
-        .expect("keyring");
+    replica(b.store().clone()).await;
     let tasks: Vec<_> = (0..6)
         .map(|i| {
-            let (store, root) = (b.store().clone(), root.clone());
+            let store = b.store().clone();
             tokio::spawn(async move {
-                let calls = AtomicU32::new(0);
-                ensure_environment(&store, &root, &format!("team-{i}"), &calls).await
+                replica(store)
+                    .await
+                    .ensure_environment(&format!("team-{i}"))
+                    .await
             })
         })
         .collect();
     for task in tasks {
-        task.await.expect("join").expect("update_keyring");
+        task.await.expect("join").expect("ensure_environment");
     }
-    let stored = b.store().keyring().await.expect("read").expect("present");
+    let listing = b.store().list_environments().await.expect("list");
     assert_eq!(
-        stored
-            .value
-            .environments
-            .keys()
-            .cloned()
+        listing
+            .items
+            .iter()
+            .map(|(ns, _)| ns.clone())
             .collect::<Vec<_>>(),
         (0..6).map(|i| format!("team-{i}")).collect::<Vec<_>>()
     );
@@ -529,11 +621,15 @@ async fn the_secrets_have_the_documented_layout(b: &impl Backend) {
     let store = b.store();
     let root_key = root(3, 0x88);
     store
-        .put_keyring(&Keyring::new(&root_key, 0), None)
+        .put_keyring_head(&KeyringHead::new(7), None)
         .await
-        .expect("keyring");
+        .expect("head");
     store
-        .put_root_keys(&RootKeySet::new(root_key), None)
+        .put_environment("shop", &one_environment(&root_key, "shop", 0), None)
+        .await
+        .expect("environment");
+    store
+        .put_root_keys(&RootKeySet::new(root_key, 1_800_000_000), None)
         .await
         .expect("root");
     let key = ItemKey::new("shop", "db-login");
@@ -559,14 +655,37 @@ async fn the_secrets_have_the_documented_layout(b: &impl Backend) {
     };
 
     let root_secret = b.raw(ROOT_KEY_SECRET).await.expect("root key Secret");
-    let data = check(&root_secret, "root-key", &["current", "v3"]);
+    let data = check(&root_secret, "root-key", &["current", "since", "v3"]);
     assert_eq!(data["current"].0, b"3");
+    assert_eq!(data["since"].0, b"1800000000");
     assert_eq!(data["v3"].0, [0x88; 32], "raw 32 bytes");
 
     let keyring_secret = b.raw(KEYRING_SECRET).await.expect("keyring Secret");
-    let data = check(&keyring_secret, "keyring", &[KEYRING_DATA]);
+    let data = check(&keyring_secret, "keyring", &[HEAD_DATA]);
+    let head: serde_json::Value = serde_json::from_slice(&data[HEAD_DATA].0).expect("json");
+    assert_eq!(head, serde_json::json!({"format": 2, "createdAt": 7}));
+
+    let name = layout::environment_secret_name("shop");
+    assert!(
+        name.starts_with("monivault-env-") && name.len() == 54,
+        "{name}"
+    );
+    let environment_secret = b.raw(&name).await.expect("environment Secret");
+    let data = check(&environment_secret, "environment", &[KEYRING_DATA]);
+    assert_eq!(
+        environment_secret.metadata.annotations,
+        Some(BTreeMap::from([(
+            ITEM_NAMESPACE_ANNOTATION.to_owned(),
+            "shop".to_owned()
+        )]))
+    );
     let keyring: Keyring = serde_json::from_slice(&data[KEYRING_DATA].0).expect("json");
     assert_eq!(keyring.root_key_version, 3);
+    assert_eq!(
+        keyring.environments.keys().collect::<Vec<_>>(),
+        ["shop"],
+        "its own namespace's keys, no other's"
+    );
 
     let name = layout::record_secret_name(&key);
     assert!(
@@ -584,17 +703,35 @@ async fn the_secrets_have_the_documented_layout(b: &impl Backend) {
 
 async fn corrupt_secrets_are_reported_as_corrupt_without_their_contents(b: &impl Backend) {
     let store = b.store();
-    // Wrong types in the keyring: serde's own message would quote the value.
+    // Wrong types in the keyring head: serde's own message would quote the value.
     b.plant(secret(
         KEYRING_SECRET,
         "keyring",
         None,
-        &[(KEYRING_DATA, br#"{"format": "SENTINEL-keyring"}"#)],
+        &[(HEAD_DATA, br#"{"format": "SENTINEL-keyring"}"#)],
     ))
     .await;
-    assert_corrupt(store.keyring().await, KEYRING_SECRET);
-    let update: Result<Keyring, StoreError> = update_keyring(store, |_| Ok(true)).await;
-    assert_corrupt(update, KEYRING_SECRET);
+    assert_corrupt(store.keyring_head().await, KEYRING_SECRET);
+
+    // A corrupt environment Secret is reported by the listing, not fatal to it.
+    let env_name = layout::environment_secret_name("team");
+    b.plant(secret(
+        &env_name,
+        "environment",
+        Some(BTreeMap::from([(
+            ITEM_NAMESPACE_ANNOTATION.to_owned(),
+            "team".to_owned(),
+        )])),
+        &[(KEYRING_DATA, br#"{"format": "SENTINEL-env"}"#)],
+    ))
+    .await;
+    assert_corrupt(store.environment("team").await, &env_name);
+    let listing = store.list_environments().await.expect("list");
+    assert!(listing.items.is_empty());
+    assert_eq!(listing.unreadable.len(), 1);
+    assert_eq!(listing.unreadable[0].secret, env_name);
+    assert_eq!(listing.unreadable[0].namespace.as_deref(), Some("team"));
+    assert!(!listing.unreadable[0].reason.contains("SENTINEL"));
 
     b.plant(secret(
         ROOT_KEY_SECRET,
@@ -619,8 +756,28 @@ async fn corrupt_secrets_are_reported_as_corrupt_without_their_contents(b: &impl
     ))
     .await;
     assert_corrupt(store.record(&key).await, &name);
-    // A listing fails as a whole: key retirement must not miss a record it cannot read.
-    assert_corrupt(store.list_records().await, &name);
+    // A listing skips it and says so, with the namespace it names: one bad Secret must
+    // not hide the others, and key retirement must know what it could not read.
+    let good = ItemKey::new("team", "fine");
+    store
+        .put_record(&good, &record("uid-f", 1), None)
+        .await
+        .expect("a readable record");
+    let listing = store.list_records().await.expect("list");
+    assert_eq!(
+        listing.items.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        [&good]
+    );
+    assert_eq!(listing.unreadable.len(), 1, "{listing:?}");
+    let skipped = &listing.unreadable[0];
+    assert_eq!(skipped.secret, name);
+    assert_eq!(skipped.namespace.as_deref(), Some("shop"));
+    assert!(
+        skipped.reason.contains("not have the expected fields"),
+        "{skipped:?}"
+    );
+    assert!(!skipped.reason.contains("SENTINEL"), "{skipped:?}");
+    assert!(listing.unreadable_in("shop") && !listing.unreadable_in("team"));
 
     // A record Secret copied under another item's name is not that item's record.
     let other = ItemKey::new("shop", "other");
@@ -639,13 +796,65 @@ async fn corrupt_secrets_are_reported_as_corrupt_without_their_contents(b: &impl
     );
 }
 
+/// A store written by an earlier version: every environment in `monivault-keyring`, and a
+/// root key Secret that does not date its key. The first start splits it, every key the
+/// same, and a second start finds nothing to do.
+async fn a_keyring_in_the_one_secret_format_is_split_on_first_start(b: &impl Backend) {
+    let root_key = root(1, 0x99);
+    let mut old = Keyring::new(&root_key, 1234);
+    for ns in ["shop", "team-a", "team-b"] {
+        old.ensure_environment(&root_key, ns, 1234).expect("env");
+    }
+    b.plant(secret(
+        ROOT_KEY_SECRET,
+        "root-key",
+        None,
+        &[("current", b"1"), ("v1", &[0x99; 32])],
+    ))
+    .await;
+    b.plant(layout::legacy_keyring_secret(&old).expect("old format"))
+        .await;
+
+    let keys = replica(b.store().clone()).await;
+    let split: Vec<(String, Keyring)> = b
+        .store()
+        .list_environments()
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|(ns, stored)| (ns, stored.value))
+        .collect();
+    assert_eq!(split, old.split());
+    let roots = b.store().root_keys().await.expect("read").expect("roots");
+    assert_eq!(roots.value.since(), Some(1234));
+    let head = b.raw(KEYRING_SECRET).await.expect("keyring Secret");
+    assert_eq!(
+        head.data.unwrap_or_default().keys().collect::<Vec<_>>(),
+        [HEAD_DATA],
+        "the old keyring is gone from the Secret"
+    );
+    for ns in ["shop", "team-a", "team-b"] {
+        let keyring = keys.keyring_for(ns).await.expect("keys");
+        let root = keys.root_for(&keyring).await.expect("root");
+        assert_eq!(
+            keyring.sealing_public_key(&root, ns).expect("opens"),
+            old.sealing_public_key(&root_key, ns).expect("opens"),
+            "{ns} keeps its sealing key"
+        );
+    }
+    let before = b.store().list_environments().await.expect("list");
+    replica(b.store().clone()).await;
+    assert_eq!(b.store().list_environments().await.expect("list"), before);
+}
+
 // ---------------------------------------------------------------------------------------
 // Pure properties, no backend.
 
 #[test]
 fn debug_output_holds_no_key_bytes_or_envelopes() {
     let key_bytes = *b"SENTINEL-root-key-32-bytes-long!";
-    let mut keys = RootKeySet::new(RootKey::from_bytes(1, &key_bytes).expect("key"));
+    let mut keys = RootKeySet::new(RootKey::from_bytes(1, &key_bytes).expect("key"), 0);
     keys.insert(RootKey::from_bytes(2, &[0xEE; 32]).expect("key"))
         .expect("insert");
     let debug = format!("{keys:?} {keys:#?}");

@@ -351,6 +351,39 @@ fn sealing_keys_are_pruned_only_after_retention() {
 }
 
 #[test]
+fn a_keyring_split_per_environment_keeps_every_key_and_no_other_namespace() {
+    let (root, keyring) = keyring_with(&["team-a", "team-b"]);
+    let cipher = keyring
+        .current_data_cipher(&root, "team-a")
+        .expect("cipher");
+    let b = binding("team-a", "shop-login", "password");
+    let text = cipher.encrypt(&b, SECRET).expect("encrypt");
+    let split = keyring.split();
+    assert_eq!(
+        split.iter().map(|(ns, _)| ns.as_str()).collect::<Vec<_>>(),
+        ["team-a", "team-b"]
+    );
+    for (namespace, one) in &split {
+        assert_eq!(one.environments.keys().collect::<Vec<_>>(), [namespace]);
+        assert_eq!(one.root_key_version, keyring.root_key_version);
+        one.check_root(&root).expect("same root key");
+        assert_eq!(
+            one.sealing_public_key(&root, namespace).expect("key"),
+            keyring.sealing_public_key(&root, namespace).expect("key")
+        );
+    }
+    let team_a = &split[0].1;
+    assert_eq!(
+        team_a.decrypt(&root, &b, &text).expect("opens").expose(),
+        SECRET
+    );
+    assert!(
+        split[1].1.decrypt(&root, &b, &text).is_err(),
+        "team-b has no team-a keys"
+    );
+}
+
+#[test]
 fn keyring_serializes_without_key_material_in_the_clear() {
     let (root, keyring) = keyring_with(&["team-a"]);
     let json = serde_json::to_string(&keyring).expect("json");

@@ -197,7 +197,7 @@ async fn admit_item(keys: &Keys<MemoryStore>, request: Value) -> Outcome {
 
 /// Opens a sealed password of `ITEM`, as the controller would.
 async fn open(keys: &Keys<MemoryStore>, item: &str, sealed: &str) -> String {
-    let keyring = keys.keyring().await.expect("keyring");
+    let keyring = keys.keyring_for(NS).await.expect("keyring");
     let root = keys.root_for(&keyring).await.expect("root");
     let binding = SealBinding {
         namespace: NS,
@@ -258,7 +258,7 @@ async fn a_plaintext_password_comes_out_sealed_and_masked_in_spec_and_in_last_ap
     assert_eq!(last_applied["spec"]["sealed"]["password"], sealed);
     assert!(!stored.to_string().contains(PASSWORD));
     // The item arrived before any VaultSection: the webhook created the keys.
-    let keyring = keys.keyring().await.expect("keyring");
+    let keyring = keys.keyring_for(NS).await.expect("keyring");
     assert!(keyring.environments.contains_key(NS));
 }
 
@@ -399,7 +399,7 @@ async fn a_sealed_value_naming_an_unknown_key_version_is_refused() {
 #[tokio::test]
 async fn a_dry_run_creates_no_keys() {
     let keys = keys().await;
-    let before = keys.keyring().await.expect("keyring");
+    let before = keys.keyring_for(NS).await.expect("keyring");
     let object = applied_with_kubectl(credential_set(Some(PASSWORD), None));
     let mut dry_run = item_request("CREATE", &object);
     dry_run["dryRun"] = json!(true);
@@ -411,19 +411,19 @@ async fn a_dry_run_creates_no_keys() {
     assert!(message.contains("retry without --dry-run"), "{message}");
     outcome.assert_no_plaintext(PASSWORD);
     assert_eq!(
-        keys.keyring().await.expect("keyring"),
+        keys.keyring_for(NS).await.expect("keyring"),
         before,
         "nothing was written"
     );
 
     // Once the keys exist a dry run seals (sealing is pure) and still writes nothing.
     keys.ensure_environment(NS).await.expect("environment");
-    let with_keys = keys.keyring().await.expect("keyring");
+    let with_keys = keys.keyring_for(NS).await.expect("keyring");
     let outcome = admit_item(&keys, dry_run).await;
     assert!(outcome.response.allowed, "{}", outcome.message());
     outcome.assert_no_plaintext(PASSWORD);
     assert!(outcome.patch.is_some());
-    assert_eq!(keys.keyring().await.expect("keyring"), with_keys);
+    assert_eq!(keys.keyring_for(NS).await.expect("keyring"), with_keys);
 }
 
 #[tokio::test]
@@ -451,7 +451,7 @@ async fn a_too_long_or_empty_password_is_refused_without_echoing_it() {
             outcome.assert_no_plaintext(password);
         }
     }
-    let keyring = keys.keyring().await.expect("keyring");
+    let keyring = keys.keyring_for(NS).await.expect("keyring");
     assert!(
         !keyring.environments.contains_key(NS),
         "refused before any side effect"
@@ -1502,7 +1502,7 @@ async fn stamps_survive_a_root_key_rotation() {
     let roots = store.root_keys().await.unwrap().unwrap();
     let mut next = roots.value;
     next.insert(RootKey::generate(2).unwrap()).unwrap();
-    next.set_current(2).unwrap();
+    next.set_current(2, 0).unwrap();
     store
         .put_root_keys(&next, Some(&roots.resource_version))
         .await

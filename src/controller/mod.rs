@@ -164,7 +164,8 @@ fn item_state(item: &VaultItem) -> ItemState {
     }
 }
 
-/// Keeps `monivault_items` and `monivault_key_versions_in_use` current; never returns.
+/// Keeps `monivault_items` current; never returns. (`monivault_key_versions_in_use` is
+/// kept by the rotation check, which lists the environments anyway.)
 async fn refresh_gauges<S: Store>(ctx: Arc<Context<S>>, items: reflector::Store<VaultItem>) {
     let mut tick = tokio::time::interval(GAUGE_REFRESH);
     loop {
@@ -174,16 +175,6 @@ async fn refresh_gauges<S: Store>(ctx: Arc<Context<S>>, items: reflector::Store<
             counts.add(item_state(&item));
         }
         ctx.metrics.set_items(counts);
-        match ctx.keys.keyring().await {
-            Ok(keyring) => {
-                let environments = keyring.environments.values();
-                let data = environments.clone().map(|e| e.data_keys.len()).sum();
-                let sealing = environments.map(|e| e.sealing_keys.len()).sum();
-                ctx.metrics.set_key_versions("data", data);
-                ctx.metrics.set_key_versions("sealing", sealing);
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot read the keyring for metrics"),
-        }
     }
 }
 
@@ -286,21 +277,28 @@ pub async fn run<S: Store>(
         scoped::<VaultSection>(&client, watch_namespace),
         watcher::Config::default().any_semantic(),
     );
-    // A keyring change (a new sealing key, above all) republishes every section's key now,
-    // not at the next resync.
+    // A change to an environment's keys (a new sealing key, above all) republishes that
+    // namespace's sections now, not at the next resync.
     let section_cache = sections.store();
-    let keyring_mapper = move |_: Secret| {
+    let environment_mapper = move |secret: Secret| {
+        let namespace = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(layout::ITEM_NAMESPACE_ANNOTATION))
+            .cloned();
         section_cache
             .state()
             .iter()
+            .filter(|s| namespace.is_some() && s.namespace() == namespace)
             .map(|s| ObjectRef::from_obj(s.as_ref()))
             .collect::<Vec<_>>()
     };
     let sections = sections
         .watches(
             Api::<Secret>::namespaced(client.clone(), &store_namespace),
-            watcher::Config::default().fields(&format!("metadata.name={}", layout::KEYRING_SECRET)),
-            keyring_mapper,
+            watcher::Config::default().labels(&layout::environment_selector()),
+            environment_mapper,
         )
         .shutdown_on_signal()
         .run(

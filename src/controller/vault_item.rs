@@ -2,7 +2,7 @@
 //! current data key into the store. Status says whether that worked, and which monitors
 //! use the item.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use crate::api::template::referenced_items;
 use crate::api::vault_item::{
     CertificateInfo, FileInfo, ItemType, SecretField, VaultItem, VaultItemSpec, VaultItemStatus,
 };
-use crate::crypto::{ItemBinding, SealBinding};
+use crate::crypto::{ItemBinding, Keyring, RootKey, SealBinding};
 use crate::store::{ItemKey, ItemRecord, Store};
 
 pub const FINALIZER: &str = "monivault.io/store-record";
@@ -103,7 +103,8 @@ async fn apply<S: Store>(
     // rebuilt from the sealed values in the spec, which stay the source of truth.
     let intact = match &existing {
         Some(record) if record.value.uid == uid && record.value.source_digest == digest => {
-            let opens = record_opens(ctx, namespace, &name, &uid, &record.value).await?;
+            let opens =
+                record_opens(ctx, namespace, &name, &uid, &item.spec, &record.value).await?;
             if !opens {
                 let message = "the stored record does not open; ingesting the sealed values again";
                 tracing::warn!(%key, "{message}");
@@ -349,25 +350,52 @@ async fn cleanup<S: Store>(
     Ok(Action::await_change())
 }
 
-/// Whether every field of the record opens under the key it names.
+/// Whether the stored record is whole: see [`record_is_whole`].
 async fn record_opens<S: Store>(
     ctx: &Context<S>,
     namespace: &str,
     name: &str,
     uid: &str,
+    spec: &VaultItemSpec,
     record: &ItemRecord,
 ) -> Result<bool, Error> {
-    let keyring = ctx.keys.keyring().await?;
+    let keyring = ctx.keys.keyring_for(namespace).await?;
     let root = ctx.keys.root_for(&keyring).await?;
-    Ok(record.fields.iter().all(|(field, text)| {
-        let binding = ItemBinding {
-            namespace,
-            item: name,
-            uid,
-            field,
-        };
-        keyring.decrypt(&root, &binding, text).is_ok()
-    }))
+    Ok(record_is_whole(
+        &keyring, &root, namespace, name, uid, spec, record,
+    ))
+}
+
+/// Whether the record holds exactly the secret fields the item has (its type's, less an
+/// optional one it does not set), each opening under the key its envelope names. A record
+/// with a field missing (none at all, say) would otherwise pass as whole while carrying
+/// no secret.
+fn record_is_whole(
+    keyring: &Keyring,
+    root: &RootKey,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    spec: &VaultItemSpec,
+    record: &ItemRecord,
+) -> bool {
+    let expected: BTreeSet<&str> = spec
+        .secret_fields()
+        .iter()
+        .filter(|field| field.is_required() || spec.sealed_value(**field).is_some())
+        .map(|field| field.as_str())
+        .collect();
+    let stored: BTreeSet<&str> = record.fields.keys().map(String::as_str).collect();
+    stored == expected
+        && record.fields.iter().all(|(field, text)| {
+            let binding = ItemBinding {
+                namespace,
+                item: name,
+                uid,
+                field,
+            };
+            keyring.decrypt(root, &binding, text).is_ok()
+        })
 }
 
 /// Identifies the sealed inputs a record was made from, so an unchanged item is not
@@ -432,5 +460,90 @@ mod tests {
         assert_eq!(a, source_digest("uid-1", &spec));
         assert_ne!(a, source_digest("uid-2", &spec));
         assert_ne!(a, source_digest("uid-1", &other));
+    }
+
+    /// A keyring for `shop`, and a record of item `login` holding `fields`, each encrypted
+    /// under the current data key.
+    fn stored(fields: &[&str]) -> (Keyring, RootKey, ItemRecord) {
+        let root = RootKey::generate(1).expect("root");
+        let mut keyring = Keyring::new(&root, 0);
+        keyring.ensure_environment(&root, "shop", 0).expect("env");
+        let cipher = keyring.current_data_cipher(&root, "shop").expect("cipher");
+        let fields = fields
+            .iter()
+            .map(|field| {
+                let binding = ItemBinding {
+                    namespace: "shop",
+                    item: "login",
+                    uid: "uid-1",
+                    field,
+                };
+                let text = cipher.encrypt(&binding, b"pw").expect("encrypt");
+                ((*field).to_owned(), text)
+            })
+            .collect();
+        let record = ItemRecord {
+            uid: "uid-1".into(),
+            key_version: 1,
+            fields,
+            source_digest: String::new(),
+            generation: None,
+        };
+        (keyring, root, record)
+    }
+
+    fn spec(value: serde_json::Value) -> VaultItemSpec {
+        serde_json::from_value(value).expect("spec")
+    }
+
+    #[test]
+    fn a_record_is_whole_only_with_exactly_the_fields_the_item_has() {
+        let credential_set = spec(json!({
+            "type": "CredentialSet", "section": "s",
+            "credentialSet": {"username": "bot", "password": "*****"},
+            "sealed": {"password": "mv1.s.1.AAAA"}
+        }));
+        let whole = |fields: &[&str], spec: &VaultItemSpec| {
+            let (keyring, root, record) = stored(fields);
+            record_is_whole(&keyring, &root, "shop", "login", "uid-1", spec, &record)
+        };
+        assert!(whole(&["password"], &credential_set));
+        assert!(
+            !whole(&[], &credential_set),
+            "a record with no fields carries no password"
+        );
+        assert!(
+            !whole(&["password", "value"], &credential_set),
+            "a field the item does not have"
+        );
+        assert!(!whole(&["value"], &credential_set), "another field");
+
+        // The archive password is optional: required only when it is set.
+        let archive_only = spec(json!({
+            "type": "CertificateArchive", "section": "s",
+            "certificateArchive": {"archive": "*****"},
+            "sealed": {"archive": "mv1.s.1.AAAA"}
+        }));
+        assert!(whole(&["archive"], &archive_only));
+        assert!(!whole(&["archive", "archivePassword"], &archive_only));
+        let with_password = spec(json!({
+            "type": "CertificateArchive", "section": "s",
+            "certificateArchive": {"archive": "*****", "password": "*****"},
+            "sealed": {"archive": "mv1.s.1.AAAA", "archivePassword": "mv1.s.1.AAAB"}
+        }));
+        assert!(whole(&["archive", "archivePassword"], &with_password));
+        assert!(!whole(&["archive"], &with_password));
+
+        // A field that does not open is not whole either.
+        let (keyring, root, record) = stored(&["password"]);
+        assert!(!record_is_whole(
+            &keyring,
+            &root,
+            "shop",
+            "login",
+            "uid-2",
+            &credential_set,
+            &record
+        ));
     }
 }

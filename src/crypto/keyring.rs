@@ -1,9 +1,14 @@
-//! The keyring: every environment's keys, wrapped under the root key, with versions.
+//! The keyring: environments' keys, wrapped under a root key, with versions.
 //!
 //! A `Keyring` is a plain value. It holds no plaintext key, so it may be serialized into
 //! the store as is. Every rotation step is a method that turns one keyring into the next;
 //! the store persists the result by compare-and-swap, so a step interrupted at any point
 //! leaves either the old keyring or the new one, both complete.
+//!
+//! The store keeps each environment as a keyring of its own, holding that one environment
+//! and naming the root key version it is wrapped under ([`Keyring::split`] turns a keyring
+//! of many into those). So no single object grows with the number of namespaces, and a root
+//! key rotation re-wraps one environment per write.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -51,7 +56,8 @@ pub struct Keyring {
     pub root_key_version: u32,
     /// Fingerprint of the root key that wraps everything here ([`RootKey::id`]).
     pub root_key_id: String,
-    /// Unix seconds when the current root key started wrapping this keyring.
+    /// Unix seconds when this keyring was last wrapped under a root key (the root key's
+    /// own age is kept with the root keys).
     pub root_key_since: i64,
     pub environments: BTreeMap<String, Environment>,
 }
@@ -64,6 +70,10 @@ pub struct Environment {
     pub data_keys: BTreeMap<u32, DataKeyInfo>,
     pub current_sealing_key: u32,
     pub sealing_keys: BTreeMap<u32, SealingKeyInfo>,
+    /// Unix seconds when the namespace was first seen gone; its keys are dropped a grace
+    /// period later, unless it comes back first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orphaned_since: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +169,7 @@ impl Keyring {
                 data_keys: BTreeMap::from([(1, data)]),
                 current_sealing_key: 1,
                 sealing_keys: BTreeMap::from([(1, sealing)]),
+                orphaned_since: None,
             },
         );
         Ok(true)
@@ -381,12 +392,59 @@ impl Keyring {
         Ok(())
     }
 
-    pub fn root_key_due(&self, now: i64, policy: &RotationPolicy) -> bool {
-        now.saturating_sub(self.root_key_since) >= policy.root_key_max_age
+    /// One keyring per environment, each under this keyring's root key: how the store
+    /// keeps them. Wrapped keys are copied as they are; nothing is unwrapped.
+    pub fn split(&self) -> Vec<(String, Keyring)> {
+        self.environments
+            .iter()
+            .map(|(namespace, env)| {
+                let keyring = Keyring {
+                    environments: BTreeMap::from([(namespace.clone(), env.clone())]),
+                    ..self.without_environments()
+                };
+                (namespace.clone(), keyring)
+            })
+            .collect()
+    }
+
+    fn without_environments(&self) -> Keyring {
+        Keyring {
+            format: self.format,
+            root_key_version: self.root_key_version,
+            root_key_id: self.root_key_id.clone(),
+            root_key_since: self.root_key_since,
+            environments: BTreeMap::new(),
+        }
+    }
+
+    /// Notes that `namespace` is gone, from `now` on, unless noted already. Returns whether
+    /// the keyring changed.
+    pub fn mark_orphaned(&mut self, namespace: &str, now: i64) -> Result<bool, CryptoError> {
+        let env = self.environment_mut(namespace)?;
+        if env.orphaned_since.is_some() {
+            return Ok(false);
+        }
+        env.orphaned_since = Some(now);
+        Ok(true)
+    }
+
+    /// Forgets that `namespace` was gone (it came back). Returns whether the keyring changed.
+    pub fn unmark_orphaned(&mut self, namespace: &str) -> Result<bool, CryptoError> {
+        Ok(self
+            .environment_mut(namespace)?
+            .orphaned_since
+            .take()
+            .is_some())
     }
 }
 
 impl Environment {
+    /// Whether the namespace has been gone for at least `grace` seconds.
+    pub fn orphaned_for(&self, grace: i64, now: i64) -> bool {
+        self.orphaned_since
+            .is_some_and(|since| now.saturating_sub(since) >= grace)
+    }
+
     /// Due by age, or by the encryption count approaching the nonce-collision bound.
     pub fn data_key_due(&self, now: i64, policy: &RotationPolicy) -> bool {
         self.data_keys

@@ -7,7 +7,7 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use hkdf::Hkdf;
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::CryptoError;
 use super::aad::Aad;
@@ -16,12 +16,58 @@ pub(crate) const KEY_LEN: usize = 32;
 pub(crate) const NONCE_LEN: usize = 12;
 pub(crate) const TAG_LEN: usize = 16;
 
-/// 32 bytes of key material that wipe themselves when dropped.
-pub(crate) type KeyBytes = Zeroizing<[u8; KEY_LEN]>;
+/// 32 bytes of key material on the heap, wiped when dropped. Boxed so that moving a key
+/// (returning it, storing it in a struct) moves a pointer and leaves no copy of the bytes
+/// on the stack, where nothing would wipe it.
+pub(crate) struct KeyBytes(Box<[u8; KEY_LEN]>);
+
+impl KeyBytes {
+    /// All zeros, to be filled in place.
+    pub(crate) fn zeroed() -> Self {
+        KeyBytes(Box::new([0u8; KEY_LEN]))
+    }
+
+    /// A copy of `bytes` if they are exactly a key long. The copy goes straight into the
+    /// heap buffer, never through a stack array.
+    pub(crate) fn from_slice(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != KEY_LEN {
+            return None;
+        }
+        let mut key = KeyBytes::zeroed();
+        key.0.copy_from_slice(bytes);
+        Some(key)
+    }
+}
+
+impl std::ops::Deref for KeyBytes {
+    type Target = [u8; KEY_LEN];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KeyBytes {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl AsRef<[u8]> for KeyBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl Drop for KeyBytes {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 pub(crate) fn random_key() -> Result<KeyBytes, CryptoError> {
-    let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    getrandom::fill(key.as_mut()).map_err(|_| CryptoError::Random)?;
+    let mut key = KeyBytes::zeroed();
+    getrandom::fill(key.as_mut_slice()).map_err(|_| CryptoError::Random)?;
     Ok(key)
 }
 
@@ -31,8 +77,11 @@ pub(crate) fn random_nonce() -> Result<[u8; NONCE_LEN], CryptoError> {
     Ok(nonce)
 }
 
+/// The AES-256-GCM cipher of `key`, keyed from the caller's buffer by reference (a `Key`
+/// made by value would be a stack copy nobody wipes).
 pub(crate) fn cipher(key: &[u8; KEY_LEN]) -> Aes256Gcm {
-    Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key))
+    let key: &Key<Aes256Gcm> = key.into();
+    Aes256Gcm::new(key)
 }
 
 /// `nonce || AES-256-GCM(key, nonce, plaintext, aad)`.
@@ -86,14 +135,17 @@ pub(crate) fn aead_open(
 pub struct Plaintext(SecretSlice<u8>);
 
 impl Plaintext {
+    /// Takes over `bytes`; the buffer it came in is wiped.
     pub fn new(bytes: Vec<u8>) -> Self {
-        Plaintext(SecretSlice::from(bytes))
+        Plaintext::from_zeroizing(Zeroizing::new(bytes))
     }
 
+    /// Copies `bytes` into a box of exactly their length; `bytes` wipes its own buffer
+    /// when dropped. Turning the `Vec` into a box instead could reallocate (when it has
+    /// spare capacity, as a decryption's output does) and free the old buffer unwiped.
     pub fn from_zeroizing(bytes: Zeroizing<Vec<u8>>) -> Self {
-        // Move the bytes out without leaving a copy behind: the Vec's buffer is reused.
-        let mut bytes = bytes;
-        Plaintext::new(std::mem::take(&mut *bytes))
+        let exact: Box<[u8]> = Box::from(bytes.as_slice());
+        Plaintext(SecretSlice::from(exact))
     }
 
     pub fn expose(&self) -> &[u8] {
@@ -137,14 +189,11 @@ impl RootKey {
     }
 
     pub fn from_bytes(version: u32, bytes: &[u8]) -> Result<Self, CryptoError> {
-        let key: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::Malformed {
+        let key = KeyBytes::from_slice(bytes).ok_or(CryptoError::Malformed {
             what: "root key",
             reason: "must be exactly 32 bytes",
         })?;
-        Ok(RootKey {
-            version,
-            key: Zeroizing::new(key),
-        })
+        Ok(RootKey { version, key })
     }
 
     pub fn version(&self) -> u32 {
@@ -164,12 +213,12 @@ impl RootKey {
     }
 
     /// A key for one purpose (e.g. key wrapping), independent of every other purpose's key.
-    pub fn derive(&self, purpose: &str) -> KeyBytes {
+    pub(crate) fn derive(&self, purpose: &str) -> KeyBytes {
         let hk = Hkdf::<Sha256>::new(Some(b"monivault root key"), self.key.as_ref());
-        let mut out = Zeroizing::new([0u8; KEY_LEN]);
+        let mut out = KeyBytes::zeroed();
         let info = Aad::new(purpose);
         // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
-        if hk.expand(info.as_bytes(), out.as_mut()).is_err() {
+        if hk.expand(info.as_bytes(), out.as_mut_slice()).is_err() {
             unreachable!("HKDF-SHA256 can always expand 32 bytes");
         }
         out
@@ -198,15 +247,10 @@ impl RootKey {
             wrapped,
             "wrapped environment key",
         )?;
-        let key: [u8; KEY_LEN] =
-            bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| CryptoError::Malformed {
-                    what: "wrapped environment key",
-                    reason: "not 32 bytes",
-                })?;
-        Ok(Zeroizing::new(key))
+        KeyBytes::from_slice(&bytes).ok_or(CryptoError::Malformed {
+            what: "wrapped environment key",
+            reason: "not 32 bytes",
+        })
     }
 
     fn wrapping_cipher(&self) -> Aes256Gcm {

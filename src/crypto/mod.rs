@@ -5,8 +5,9 @@
 //! from one keyring value to the next and can be tested exhaustively.
 //!
 //! What it must never do: hand out key material or plaintext in a type that can be logged
-//! or cloned by accident. Keys live in [`zeroize::Zeroizing`] buffers, plaintext in
-//! [`Plaintext`] (a `secrecy` box), and every error is free of secret bytes.
+//! or cloned by accident. Keys live in heap buffers wiped on drop (never copied through
+//! stack arrays), plaintext in [`Plaintext`] (an exact-size `secrecy` box), and every
+//! error is free of secret bytes.
 //!
 //! ```text
 //! RootKey (versioned, one per installation)

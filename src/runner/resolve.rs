@@ -134,7 +134,7 @@ pub async fn resolve<S: Store>(
         }
     }
     let keys_error = |e: crate::store::KeyError| ResolveError::Keys(e.to_string());
-    let ring = keys.keyring().await.map_err(keys_error)?;
+    let ring = keys.keyring_for(namespace).await.map_err(keys_error)?;
     let root = keys.root_for(&ring).await.map_err(keys_error)?;
     for (item, uid) in with_secrets {
         let opened = open_record(keys, &ring, &root, namespace, &item, &uid).await?;

@@ -4,14 +4,21 @@
 //!
 //! | Secret | data | what |
 //! |---|---|---|
-//! | `monivault-root-key` | `v<N>` (raw 32 bytes each), `current` (decimal) | [`RootKeySet`] |
-//! | `monivault-keyring` | `keyring.json` | [`Keyring`] |
+//! | `monivault-root-key` | `v<N>` (raw 32 bytes each), `current`, `since` (decimal) | [`RootKeySet`] |
+//! | `monivault-keyring` | `head.json` | [`KeyringHead`] |
+//! | `monivault-env-<sha256("<ns>")[..40 hex]>` | `keyring.json` | one environment's [`Keyring`] |
 //! | `monivault-item-<sha256("<ns>/<name>")[..40 hex]>` | `record.json` | [`ItemRecord`] |
 //!
 //! All are `Opaque`, labelled `app.kubernetes.io/managed-by=monivault` and
-//! `monivault.io/record=<root-key|keyring|item>`. Item Secrets carry the item's key in the
-//! annotations `monivault.io/namespace` and `monivault.io/name`, because the hashed name
-//! cannot be reversed (and an item's full name may not fit in a Secret name).
+//! `monivault.io/record=<root-key|keyring|environment|item>`. Environment and item Secrets
+//! carry their namespace in the annotation `monivault.io/namespace` (items also their name
+//! in `monivault.io/name`), because the hashed name cannot be reversed (and an item's full
+//! name may not fit in a Secret name).
+//!
+//! Before environments had Secrets of their own, `monivault-keyring` held the whole
+//! keyring as `keyring.json` ([`legacy_keyring_secret`]); such a Secret is read once, to
+//! split it. One environment takes some 350 bytes at first and about 2 KB after a year of
+//! rotations (sealing keys are kept for the retention), far from the 1 MiB of a Secret.
 
 use std::collections::BTreeMap;
 
@@ -21,17 +28,27 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
-use super::root_keys::RootKeyBytes;
-use super::{ItemKey, ItemRecord, RootKeySet, StoreError, Versioned};
+use super::root_keys::{RootKeyBytes, root_key_bytes};
+use super::{
+    HEAD_FORMAT, ItemKey, ItemRecord, KeyringHead, Listing, RootKeySet, StoreError, StoredKeyring,
+    Unreadable, Versioned,
+};
 use crate::crypto::Keyring;
 
 pub const ROOT_KEY_SECRET: &str = "monivault-root-key";
 /// The root key Secret's data key naming the current version.
 pub const ROOT_KEY_CURRENT: &str = "current";
+/// The root key Secret's data key dating the current version.
+pub const ROOT_KEY_SINCE: &str = "since";
 pub const KEYRING_SECRET: &str = "monivault-keyring";
+/// The keyring head's data key.
+pub const HEAD_DATA: &str = "head.json";
+/// A keyring's data key: one environment's in its Secret, or (the old format) the whole
+/// keyring's in `monivault-keyring`.
 pub const KEYRING_DATA: &str = "keyring.json";
+pub const ENVIRONMENT_SECRET_PREFIX: &str = "monivault-env-";
 pub const RECORD_SECRET_PREFIX: &str = "monivault-item-";
 pub const RECORD_DATA: &str = "record.json";
 
@@ -41,6 +58,7 @@ pub const MANAGED_BY: &str = "monivault";
 pub const RECORD_LABEL: &str = "monivault.io/record";
 pub const RECORD_KIND_ITEM: &str = "item";
 pub const RECORD_KIND_KEYRING: &str = "keyring";
+pub const RECORD_KIND_ENVIRONMENT: &str = "environment";
 pub const RECORD_KIND_ROOT_KEY: &str = "root-key";
 pub const ITEM_NAMESPACE_ANNOTATION: &str = "monivault.io/namespace";
 pub const ITEM_NAME_ANNOTATION: &str = "monivault.io/name";
@@ -49,24 +67,47 @@ pub const ITEM_NAME_ANNOTATION: &str = "monivault.io/name";
 /// checks first, so the error names the object and its size.
 pub const MAX_SECRET_DATA_BYTES: usize = 1024 * 1024;
 
-/// Hex characters of SHA-256 in a record Secret's name: 160 bits, far from collisions.
-const RECORD_HASH_HEX: usize = 40;
+/// Hex characters of SHA-256 in a hashed Secret name: 160 bits, far from collisions.
+const NAME_HASH_HEX: usize = 40;
 
 /// The label selector of item record Secrets.
 pub fn record_selector() -> String {
     format!("{RECORD_LABEL}={RECORD_KIND_ITEM}")
 }
 
-/// `monivault-item-<first 40 hex of sha256("<namespace>/<name>")>`. Hashed because a
-/// namespace (63) plus an item name (253) can be longer than a Secret name may be.
-pub fn record_secret_name(key: &ItemKey) -> String {
-    let digest = Sha256::digest(key.to_string().as_bytes());
-    let mut name = String::with_capacity(RECORD_SECRET_PREFIX.len() + RECORD_HASH_HEX);
-    name.push_str(RECORD_SECRET_PREFIX);
-    for byte in digest.iter().take(RECORD_HASH_HEX / 2) {
+/// The label selector of environment Secrets.
+pub fn environment_selector() -> String {
+    format!("{RECORD_LABEL}={RECORD_KIND_ENVIRONMENT}")
+}
+
+/// `<prefix><first 40 hex of sha256(input)>`.
+fn hashed_name(prefix: &str, input: &str) -> String {
+    let digest = Sha256::digest(input.as_bytes());
+    let mut name = String::with_capacity(prefix.len() + NAME_HASH_HEX);
+    name.push_str(prefix);
+    for byte in digest.iter().take(NAME_HASH_HEX / 2) {
         name.push_str(&format!("{byte:02x}"));
     }
     name
+}
+
+/// `monivault-item-<first 40 hex of sha256("<namespace>/<name>")>`. Hashed because a
+/// namespace (63) plus an item name (253) can be longer than a Secret name may be.
+pub fn record_secret_name(key: &ItemKey) -> String {
+    hashed_name(RECORD_SECRET_PREFIX, &key.to_string())
+}
+
+/// `monivault-env-<first 40 hex of sha256("<namespace>")>`, hashed like the records.
+pub fn environment_secret_name(namespace: &str) -> String {
+    hashed_name(ENVIRONMENT_SECRET_PREFIX, namespace)
+}
+
+/// How errors name an environment's keys: by namespace, and by Secret.
+pub(crate) fn environment_what(namespace: &str) -> String {
+    format!(
+        "the keys of environment {namespace} (Secret {})",
+        environment_secret_name(namespace)
+    )
 }
 
 /// How errors name a record: by item, and by Secret for whoever inspects the cluster.
@@ -190,7 +231,9 @@ fn from_json<T: DeserializeOwned>(what: &str, key: &str, bytes: &[u8]) -> Result
     })
 }
 
-pub(crate) fn keyring_secret(keyring: &Keyring) -> Result<Secret, StoreError> {
+/// A keyring in the one-Secret format of earlier versions: every environment in
+/// `monivault-keyring`. The store never writes it; tests plant it to check the split.
+pub fn legacy_keyring_secret(keyring: &Keyring) -> Result<Secret, StoreError> {
     let data = BTreeMap::from([(
         KEYRING_DATA.to_owned(),
         to_json(&secret_what(KEYRING_SECRET), keyring)?,
@@ -200,13 +243,117 @@ pub(crate) fn keyring_secret(keyring: &Keyring) -> Result<Secret, StoreError> {
     Ok(secret)
 }
 
-pub(crate) fn parse_keyring(secret: &Secret) -> Result<Keyring, StoreError> {
+pub(crate) fn head_secret(head: &KeyringHead) -> Result<Secret, StoreError> {
+    let data = BTreeMap::from([(
+        HEAD_DATA.to_owned(),
+        to_json(&secret_what(KEYRING_SECRET), head)?,
+    )]);
+    Ok(new_secret(
+        KEYRING_SECRET.to_owned(),
+        RECORD_KIND_KEYRING,
+        None,
+        data,
+    ))
+}
+
+/// The head, or a keyring of the one-Secret format, by which data key is present.
+pub(crate) fn parse_keyring_head(secret: &Secret) -> Result<StoredKeyring, StoreError> {
     let what = secret_what(KEYRING_SECRET);
-    from_json(
+    let data = secret.data.as_ref();
+    if let Some(head) = data.and_then(|d| d.get(HEAD_DATA)) {
+        let head: KeyringHead = from_json(&what, HEAD_DATA, &head.0)?;
+        if head.format != HEAD_FORMAT {
+            return Err(StoreError::corrupt(
+                &what,
+                format!("{HEAD_DATA} has unknown format {}", head.format),
+            ));
+        }
+        Ok(StoredKeyring::Head(head))
+    } else if let Some(keyring) = data.and_then(|d| d.get(KEYRING_DATA)) {
+        Ok(StoredKeyring::Legacy(from_json(
+            &what,
+            KEYRING_DATA,
+            &keyring.0,
+        )?))
+    } else {
+        Err(StoreError::corrupt(
+            &what,
+            format!("it holds neither {HEAD_DATA} nor {KEYRING_DATA}"),
+        ))
+    }
+}
+
+/// `namespace`'s keys in their Secret. Refused unless `keyring` holds exactly that
+/// environment, so one Secret never carries another namespace's keys.
+pub(crate) fn environment_secret(namespace: &str, keyring: &Keyring) -> Result<Secret, StoreError> {
+    let what = environment_what(namespace);
+    if keyring.environments.len() != 1 || !keyring.environments.contains_key(namespace) {
+        return Err(StoreError::Invalid {
+            what,
+            reason: "an environment Secret holds exactly the keys of its own namespace".into(),
+        });
+    }
+    let annotations =
+        BTreeMap::from([(ITEM_NAMESPACE_ANNOTATION.to_owned(), namespace.to_owned())]);
+    let data = BTreeMap::from([(KEYRING_DATA.to_owned(), to_json(&what, keyring)?)]);
+    let secret = new_secret(
+        environment_secret_name(namespace),
+        RECORD_KIND_ENVIRONMENT,
+        Some(annotations),
+        data,
+    );
+    check_size(&secret)?;
+    Ok(secret)
+}
+
+/// The namespace from the annotation, checked against the Secret's name, and its keys,
+/// checked to be that namespace's and no other's.
+pub(crate) fn parse_environment(secret: &Secret) -> Result<(String, Keyring), StoreError> {
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    let what = secret_what(name);
+    let namespace = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ITEM_NAMESPACE_ANNOTATION))
+        .cloned()
+        .ok_or_else(|| {
+            StoreError::corrupt(
+                &what,
+                format!("annotation {ITEM_NAMESPACE_ANNOTATION} is missing"),
+            )
+        })?;
+    if environment_secret_name(&namespace) != name {
+        return Err(StoreError::corrupt(
+            &what,
+            format!(
+                "its annotation names environment {namespace}, whose keys have another Secret name"
+            ),
+        ));
+    }
+    let what = environment_what(&namespace);
+    let keyring: Keyring = from_json(
         &what,
         KEYRING_DATA,
         data_value(secret, &what, KEYRING_DATA)?,
-    )
+    )?;
+    if keyring.environments.len() != 1 || !keyring.environments.contains_key(&namespace) {
+        return Err(StoreError::corrupt(
+            &what,
+            "it does not hold exactly the keys of its own namespace",
+        ));
+    }
+    Ok((namespace, keyring))
+}
+
+/// Parses the environment Secrets of one listing: the readable ones sorted by namespace,
+/// the others reported.
+pub(crate) fn environment_listing<'a>(
+    secrets: impl IntoIterator<Item = &'a Secret>,
+) -> Listing<String, Keyring> {
+    listing(secrets, parse_environment, |namespace| {
+        environment_what(namespace)
+    })
 }
 
 pub(crate) fn root_key_secret(keys: &RootKeySet) -> Result<WipeOnDrop, StoreError> {
@@ -218,6 +365,12 @@ pub(crate) fn root_key_secret(keys: &RootKeySet) -> Result<WipeOnDrop, StoreErro
         ROOT_KEY_CURRENT.to_owned(),
         ByteString(keys.current().to_string().into_bytes()),
     );
+    if let Some(since) = keys.since() {
+        data.insert(
+            ROOT_KEY_SINCE.to_owned(),
+            ByteString(since.to_string().into_bytes()),
+        );
+    }
     // Guarded from here on, so the bytes are wiped on every path, errors included.
     let secret = WipeOnDrop(new_secret(
         ROOT_KEY_SECRET.to_owned(),
@@ -237,6 +390,7 @@ pub(crate) fn parse_root_keys(secret: &Secret) -> Result<RootKeySet, StoreError>
         .as_ref()
         .ok_or_else(|| corrupt("it has no data".into()))?;
     let mut current = None;
+    let mut since = None;
     let mut keys: BTreeMap<u32, RootKeyBytes> = BTreeMap::new();
     for (name, value) in data {
         if name == ROOT_KEY_CURRENT {
@@ -245,13 +399,19 @@ pub(crate) fn parse_root_keys(secret: &Secret) -> Result<RootKeySet, StoreError>
                 .and_then(|s| s.trim().parse::<u32>().ok())
                 .ok_or_else(|| corrupt(format!("{ROOT_KEY_CURRENT} is not a decimal version")))?;
             current = Some(version);
+        } else if name == ROOT_KEY_SINCE {
+            let at = std::str::from_utf8(&value.0)
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .ok_or_else(|| corrupt(format!("{ROOT_KEY_SINCE} is not a decimal time")))?;
+            since = Some(at);
         } else if let Some(version) = parse_version_key(name) {
-            let bytes: [u8; 32] = value
+            let bytes: &[u8; 32] = value
                 .0
                 .as_slice()
                 .try_into()
                 .map_err(|_| corrupt(format!("{name} is not exactly 32 bytes")))?;
-            keys.insert(version, Zeroizing::new(bytes));
+            keys.insert(version, root_key_bytes(bytes));
         } else {
             return Err(corrupt(format!("unexpected data key {name:?}")));
         }
@@ -263,7 +423,7 @@ pub(crate) fn parse_root_keys(secret: &Secret) -> Result<RootKeySet, StoreError>
             "{ROOT_KEY_CURRENT} names version {current}, which it does not hold"
         )));
     }
-    Ok(RootKeySet::from_parts(current, keys))
+    Ok(RootKeySet::from_parts(current, since, keys))
 }
 
 /// `v<N>` with `N` in canonical decimal (so `v1` and `v01` cannot both exist).
@@ -286,6 +446,58 @@ pub(crate) fn record_secret(key: &ItemKey, record: &ItemRecord) -> Result<Secret
     );
     check_size(&secret)?;
     Ok(secret)
+}
+
+/// How a listing reports a Secret it cannot read: by name, with the namespace its
+/// annotation names (if any), and the parse error's words.
+pub(crate) fn unreadable(secret: &Secret, error: &StoreError) -> Unreadable {
+    Unreadable {
+        secret: secret.metadata.name.clone().unwrap_or_default(),
+        namespace: secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ITEM_NAMESPACE_ANNOTATION))
+            .cloned(),
+        reason: error.to_string(),
+    }
+}
+
+/// Parses the record Secrets of one listing: the readable ones sorted by key, the others
+/// reported.
+pub(crate) fn record_listing<'a>(
+    secrets: impl IntoIterator<Item = &'a Secret>,
+) -> Listing<ItemKey, ItemRecord> {
+    listing(secrets, parse_record, record_what)
+}
+
+fn listing<'a, K: Ord, V>(
+    secrets: impl IntoIterator<Item = &'a Secret>,
+    parse: impl Fn(&Secret) -> Result<(K, V), StoreError>,
+    what: impl Fn(&K) -> String,
+) -> Listing<K, V> {
+    let mut listing = Listing {
+        items: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for secret in secrets {
+        let parsed = parse(secret).and_then(|(key, value)| {
+            let resource_version = resource_version(secret, &what(&key))?;
+            Ok((
+                key,
+                Versioned {
+                    value,
+                    resource_version,
+                },
+            ))
+        });
+        match parsed {
+            Ok(item) => listing.items.push(item),
+            Err(e) => listing.unreadable.push(unreadable(secret, &e)),
+        }
+    }
+    listing.items.sort_by(|a, b| a.0.cmp(&b.0));
+    listing
 }
 
 /// The item key from the annotations, checked against the Secret's name, and the record.
@@ -367,21 +579,22 @@ mod tests {
 
     #[test]
     fn root_key_secret_round_trips() {
-        let mut set = RootKeySet::new(RootKey::from_bytes(1, &[1u8; 32]).expect("key"));
+        let mut set = RootKeySet::new(RootKey::from_bytes(1, &[1u8; 32]).expect("key"), 10);
         set.insert(RootKey::from_bytes(2, &[2u8; 32]).expect("key"))
             .expect("insert");
-        set.set_current(2).expect("current");
+        set.set_current(2, 1_800_000_000).expect("current");
         let secret = root_key_secret(&set).expect("secret");
         let data = secret.0.data.as_ref().expect("data");
         assert_eq!(
             data.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["current", "v1", "v2"]
+            ["current", "since", "v1", "v2"]
         );
         assert_eq!(data["current"].0, b"2");
         assert_eq!(data["v1"].0, [1u8; 32]);
         assert_eq!(secret.0.type_.as_deref(), Some("Opaque"));
         let parsed = parse_root_keys(&secret.0).expect("parse");
         assert_eq!(parsed.current(), 2);
+        assert_eq!(parsed.since(), Some(1_800_000_000));
         assert_eq!(parsed.versions(), vec![1, 2]);
         assert_eq!(parsed.key(1).expect("v1").expose_bytes(), &[1u8; 32]);
     }
@@ -430,16 +643,83 @@ mod tests {
     #[test]
     fn json_errors_never_quote_the_data() {
         let secret = data(&[(KEYRING_DATA, br#"{"format": "SENTINEL-hunter2"}"#)]);
-        let reason = corrupt_reason(parse_keyring(&secret));
+        let reason = corrupt_reason(parse_keyring_head(&secret));
         assert!(reason.contains("expected fields"), "{reason}");
         assert!(!reason.contains("SENTINEL"), "{reason}");
-        let reason = corrupt_reason(parse_keyring(&data(&[(KEYRING_DATA, b"{SENTINEL")])));
+        let reason = corrupt_reason(parse_keyring_head(&data(&[(HEAD_DATA, b"{SENTINEL")])));
         assert!(
             reason.contains("not valid JSON") && !reason.contains("SENTINEL"),
             "{reason}"
         );
-        let reason = corrupt_reason(parse_keyring(&data(&[])));
-        assert!(reason.contains("keyring.json is missing"), "{reason}");
+        let reason = corrupt_reason(parse_keyring_head(&data(&[])));
+        assert!(
+            reason.contains("neither head.json nor keyring.json"),
+            "{reason}"
+        );
+    }
+
+    fn one_environment(namespace: &str) -> Keyring {
+        let root = RootKey::from_bytes(1, &[1u8; 32]).expect("key");
+        let mut keyring = Keyring::new(&root, 0);
+        keyring
+            .ensure_environment(&root, namespace, 0)
+            .expect("environment");
+        keyring
+    }
+
+    #[test]
+    fn environment_secrets_hold_exactly_their_own_namespace() {
+        let shop = one_environment("shop");
+        let secret = environment_secret("shop", &shop).expect("secret");
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some(environment_secret_name("shop").as_str())
+        );
+        assert!(environment_secret_name("shop").starts_with("monivault-env-"));
+        assert_eq!(
+            environment_secret_name("shop").len(),
+            "monivault-env-".len() + 40
+        );
+        assert_eq!(
+            parse_environment(&secret).expect("parse"),
+            ("shop".into(), shop.clone())
+        );
+
+        // Writing another namespace's keys, or two at once, is refused.
+        assert!(environment_secret("team", &shop).is_err());
+        let root = RootKey::from_bytes(1, &[1u8; 32]).expect("key");
+        let mut two = shop.clone();
+        two.ensure_environment(&root, "team", 0).expect("env");
+        assert!(environment_secret("shop", &two).is_err());
+
+        // A Secret renamed or re-annotated to pass for another namespace does not parse.
+        let mut moved = secret.clone();
+        moved.metadata.name = Some(environment_secret_name("team"));
+        assert!(corrupt_reason(parse_environment(&moved)).contains("another Secret name"));
+        let mut relabelled = secret;
+        relabelled.metadata.annotations = Some(BTreeMap::from([(
+            ITEM_NAMESPACE_ANNOTATION.to_owned(),
+            "team".to_owned(),
+        )]));
+        relabelled.metadata.name = Some(environment_secret_name("team"));
+        assert!(corrupt_reason(parse_environment(&relabelled)).contains("its own namespace"));
+    }
+
+    #[test]
+    fn the_keyring_secret_is_a_head_or_an_old_keyring_to_split() {
+        let head = head_secret(&KeyringHead::new(5)).expect("head");
+        assert_eq!(
+            parse_keyring_head(&head).expect("parse"),
+            StoredKeyring::Head(KeyringHead::new(5))
+        );
+        let shop = one_environment("shop");
+        let legacy = legacy_keyring_secret(&shop).expect("legacy");
+        assert_eq!(
+            parse_keyring_head(&legacy).expect("parse"),
+            StoredKeyring::Legacy(shop)
+        );
+        let future = data(&[(HEAD_DATA, br#"{"format": 9, "createdAt": 0}"#)]);
+        assert!(corrupt_reason(parse_keyring_head(&future)).contains("unknown format 9"));
     }
 
     #[test]

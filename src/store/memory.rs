@@ -13,8 +13,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::api::core::v1::Secret;
 
-use super::layout::{self, KEYRING_SECRET, RECORD_KIND_ITEM, RECORD_LABEL, ROOT_KEY_SECRET};
-use super::{ItemKey, ItemRecord, RootKeySet, Store, StoreError, Versioned};
+use super::layout::{
+    self, KEYRING_SECRET, RECORD_KIND_ENVIRONMENT, RECORD_KIND_ITEM, RECORD_LABEL, ROOT_KEY_SECRET,
+};
+use super::{
+    ItemKey, ItemRecord, KeyringHead, Listing, RootKeySet, Store, StoreError, StoredKeyring,
+    Versioned,
+};
 use crate::crypto::Keyring;
 
 /// Clones share one store, as replicas share one API server.
@@ -77,6 +82,41 @@ impl MemoryStore {
         self.lock().secrets.get(name).cloned()
     }
 
+    /// Deletes `name` only while it is at `expected`, as the API server does with a
+    /// precondition; `Ok(false)` if it is gone.
+    fn delete(&self, name: &str, what: &str, expected: &str) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(stored) = inner.secrets.get(name) else {
+            return Ok(false);
+        };
+        if stored.metadata.resource_version.as_deref() != Some(expected) {
+            return Err(StoreError::Conflict {
+                what: what.to_owned(),
+            });
+        }
+        if let Some(mut old) = inner.secrets.remove(name) {
+            layout::wipe(&mut old);
+        }
+        Ok(true)
+    }
+
+    /// Up to `limit` stored Secrets labelled as `kind`, as a label-selected list returns.
+    fn of_kind(&self, kind: &str, limit: usize) -> Vec<Secret> {
+        self.lock()
+            .secrets
+            .values()
+            .filter(|s| {
+                s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(RECORD_LABEL))
+                    .is_some_and(|k| k == kind)
+            })
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
     /// Create (`expected = None`) or replace at `expected`, as the API server does.
     fn put(
         &self,
@@ -130,20 +170,64 @@ impl Store for MemoryStore {
         self.put(&layout::secret_what(ROOT_KEY_SECRET), secret, expected)
     }
 
-    async fn keyring(&self) -> Result<Option<Versioned<Keyring>>, StoreError> {
+    async fn keyring_head(&self) -> Result<Option<Versioned<StoredKeyring>>, StoreError> {
         let what = layout::secret_what(KEYRING_SECRET);
         self.get(KEYRING_SECRET)
-            .map(|secret| layout::versioned(&secret, &what, layout::parse_keyring))
+            .map(|secret| layout::versioned(&secret, &what, layout::parse_keyring_head))
             .transpose()
     }
 
-    async fn put_keyring(
+    async fn put_keyring_head(
         &self,
+        head: &KeyringHead,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let secret = layout::head_secret(head)?;
+        self.put(&layout::secret_what(KEYRING_SECRET), secret, expected)
+    }
+
+    async fn environment(&self, namespace: &str) -> Result<Option<Versioned<Keyring>>, StoreError> {
+        let what = layout::environment_what(namespace);
+        self.get(&layout::environment_secret_name(namespace))
+            .map(|secret| {
+                layout::versioned(&secret, &what, |s| Ok(layout::parse_environment(s)?.1))
+            })
+            .transpose()
+    }
+
+    async fn put_environment(
+        &self,
+        namespace: &str,
         keyring: &Keyring,
         expected: Option<&str>,
     ) -> Result<String, StoreError> {
-        let secret = layout::keyring_secret(keyring)?;
-        self.put(&layout::secret_what(KEYRING_SECRET), secret, expected)
+        let secret = layout::environment_secret(namespace, keyring)?;
+        self.put(&layout::environment_what(namespace), secret, expected)
+    }
+
+    async fn delete_environment(
+        &self,
+        namespace: &str,
+        expected: &str,
+    ) -> Result<bool, StoreError> {
+        self.delete(
+            &layout::environment_secret_name(namespace),
+            &layout::environment_what(namespace),
+            expected,
+        )
+    }
+
+    async fn list_environments(&self) -> Result<Listing<String, Keyring>, StoreError> {
+        Ok(layout::environment_listing(
+            &self.of_kind(RECORD_KIND_ENVIRONMENT, usize::MAX),
+        ))
+    }
+
+    async fn some_environments(&self, limit: u32) -> Result<Listing<String, Keyring>, StoreError> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok(layout::environment_listing(
+            &self.of_kind(RECORD_KIND_ENVIRONMENT, limit),
+        ))
     }
 
     async fn record(&self, key: &ItemKey) -> Result<Option<Versioned<ItemRecord>>, StoreError> {
@@ -164,51 +248,17 @@ impl Store for MemoryStore {
     }
 
     async fn delete_record(&self, key: &ItemKey, expected: &str) -> Result<bool, StoreError> {
-        let name = layout::record_secret_name(key);
-        let mut inner = self.lock();
-        let Some(stored) = inner.secrets.get(&name) else {
-            return Ok(false);
-        };
-        if stored.metadata.resource_version.as_deref() != Some(expected) {
-            return Err(StoreError::Conflict {
-                what: layout::record_what(key),
-            });
-        }
-        inner.secrets.remove(&name);
-        Ok(true)
+        self.delete(
+            &layout::record_secret_name(key),
+            &layout::record_what(key),
+            expected,
+        )
     }
 
-    async fn list_records(&self) -> Result<Vec<(ItemKey, Versioned<ItemRecord>)>, StoreError> {
-        let secrets: Vec<Secret> = self
-            .lock()
-            .secrets
-            .values()
-            .filter(|s| {
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(RECORD_LABEL))
-                    .is_some_and(|kind| kind == RECORD_KIND_ITEM)
-            })
-            .cloned()
-            .collect();
-        let mut records = secrets
-            .iter()
-            .map(|secret| {
-                let (key, value) = layout::parse_record(secret)?;
-                let resource_version =
-                    layout::resource_version(secret, &layout::record_what(&key))?;
-                Ok((
-                    key,
-                    Versioned {
-                        value,
-                        resource_version,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        records.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(records)
+    async fn list_records(&self) -> Result<Listing<ItemKey, ItemRecord>, StoreError> {
+        Ok(layout::record_listing(
+            &self.of_kind(RECORD_KIND_ITEM, usize::MAX),
+        ))
     }
 }
 
@@ -279,7 +329,7 @@ mod tests {
     async fn clones_share_state_and_root_keys_round_trip() {
         let store = MemoryStore::new();
         let replica = store.clone();
-        let set = RootKeySet::new(RootKey::from_bytes(7, &[9u8; 32]).expect("key"));
+        let set = RootKeySet::new(RootKey::from_bytes(7, &[9u8; 32]).expect("key"), 0);
         store.put_root_keys(&set, None).await.expect("create");
         let read = replica.root_keys().await.expect("read").expect("present");
         assert_eq!(read.value.current(), 7);
@@ -290,11 +340,23 @@ mod tests {
         assert!(format!("{store:?}").contains("monivault-root-key"));
     }
 
+    /// `shop`'s keys, stored, with the keyring they were made in.
+    async fn shop(store: &MemoryStore) -> (RootKey, Keyring) {
+        let root = RootKey::from_bytes(1, &[1u8; 32]).expect("key");
+        let mut keyring = Keyring::new(&root, 0);
+        keyring.ensure_environment(&root, "shop", 0).expect("env");
+        store
+            .put_environment("shop", &keyring, None)
+            .await
+            .expect("create");
+        (root, keyring)
+    }
+
     #[tokio::test]
-    async fn update_keyring_without_a_keyring_is_not_found() {
+    async fn updating_missing_environment_keys_is_not_found() {
         let store = MemoryStore::new();
         let result: Result<Keyring, StoreError> =
-            super::super::update_keyring(&store, |_| Ok(true)).await;
+            super::super::update_environment(&store, "shop", |_| Ok(true)).await;
         assert!(
             matches!(result, Err(StoreError::NotFound { .. })),
             "{result:?}"
@@ -302,59 +364,59 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn update_keyring_writes_only_when_changed() {
+    async fn update_environment_writes_only_when_changed() {
         let store = MemoryStore::new();
-        let root = RootKey::from_bytes(1, &[1u8; 32]).expect("key");
+        let (_, keyring) = shop(&store).await;
         let rv = store
-            .put_keyring(&Keyring::new(&root, 0), None)
+            .environment("shop")
             .await
-            .expect("create");
+            .expect("read")
+            .expect("present")
+            .resource_version;
         let unchanged: Keyring =
-            super::super::update_keyring(&store, |_| Ok::<_, StoreError>(false))
+            super::super::update_environment(&store, "shop", |_| Ok::<_, StoreError>(false))
                 .await
                 .expect("no-op");
-        assert_eq!(unchanged, Keyring::new(&root, 0));
-        assert_eq!(
-            store
-                .keyring()
-                .await
-                .expect("read")
-                .expect("present")
-                .resource_version,
-            rv
-        );
-        let changed = super::super::update_keyring(&store, |k| {
+        assert_eq!(unchanged, keyring);
+        let stored = store
+            .environment("shop")
+            .await
+            .expect("read")
+            .expect("present");
+        assert_eq!(stored.resource_version, rv, "nothing was written");
+        let changed = super::super::update_environment(&store, "shop", |k| {
             k.root_key_since = 42;
             Ok::<_, StoreError>(true)
         })
         .await
         .expect("write");
         assert_eq!(changed.root_key_since, 42);
-        let stored = store.keyring().await.expect("read").expect("present");
+        let stored = store
+            .environment("shop")
+            .await
+            .expect("read")
+            .expect("present");
         assert_ne!(stored.resource_version, rv);
         assert_eq!(stored.value.root_key_since, 42);
     }
 
     #[tokio::test]
-    async fn update_keyring_gives_up_with_a_conflict_when_it_always_loses() {
+    async fn update_environment_gives_up_with_a_conflict_when_it_always_loses() {
         let store = MemoryStore::new();
-        let root = RootKey::from_bytes(1, &[1u8; 32]).expect("key");
-        store
-            .put_keyring(&Keyring::new(&root, 0), None)
-            .await
-            .expect("create");
+        shop(&store).await;
+        let name = layout::environment_secret_name("shop");
         let mut calls = 0;
-        let result = super::super::update_keyring(&store, |k| {
+        let result = super::super::update_environment(&store, "shop", |k| {
             calls += 1;
             // Another writer sneaks in between every read and write.
-            let stored = store.lock().secrets[KEYRING_SECRET].clone();
+            let stored = store.lock().secrets[&name].clone();
             store.insert_raw(stored);
             k.root_key_since += 1;
             Ok::<_, StoreError>(true)
         })
         .await;
         assert!(result.expect_err("gives up").is_conflict());
-        assert_eq!(calls, super::super::KEYRING_UPDATE_ATTEMPTS);
+        assert_eq!(calls, super::super::UPDATE_ATTEMPTS);
     }
 
     #[tokio::test]
@@ -370,12 +432,49 @@ mod tests {
             }
         }
         let store = MemoryStore::new();
-        let root = RootKey::from_bytes(1, &[1u8; 32]).expect("key");
-        store
-            .put_keyring(&Keyring::new(&root, 0), None)
-            .await
-            .expect("create");
-        let result = super::super::update_keyring(&store, |_| Err(Failure::Mine)).await;
+        shop(&store).await;
+        let result = super::super::update_environment(&store, "shop", |_| Err(Failure::Mine)).await;
         assert!(matches!(result, Err(Failure::Mine)));
+    }
+
+    #[tokio::test]
+    async fn environments_are_deleted_only_at_the_version_read() {
+        let store = MemoryStore::new();
+        shop(&store).await;
+        let rv = store
+            .environment("shop")
+            .await
+            .expect("read")
+            .expect("present")
+            .resource_version;
+        super::super::update_environment(&store, "shop", |k| {
+            k.root_key_since = 1;
+            Ok::<_, StoreError>(true)
+        })
+        .await
+        .expect("write");
+        assert!(
+            store
+                .delete_environment("shop", &rv)
+                .await
+                .expect_err("stale")
+                .is_conflict()
+        );
+        let rv = store
+            .environment("shop")
+            .await
+            .expect("read")
+            .expect("present")
+            .resource_version;
+        assert!(store.delete_environment("shop", &rv).await.expect("delete"));
+        assert!(!store.delete_environment("shop", &rv).await.expect("gone"));
+        assert!(
+            store
+                .list_environments()
+                .await
+                .expect("list")
+                .items
+                .is_empty()
+        );
     }
 }

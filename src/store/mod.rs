@@ -1,5 +1,6 @@
-//! The internal store: the root keys, the keyring and one record per item, kept in
-//! Secrets in the operator's own namespace, where users have no RBAC. It rides on the API
+//! The internal store: the root keys, the keyring (a head, and one Secret per
+//! environment) and one record per item, kept in Secrets in the operator's own namespace,
+//! where users have no RBAC. It rides on the API
 //! server and etcd, so the operator needs no volume and runs several replicas.
 //!
 //! It owns persistence only, behind the small [`Store`] trait: [`SecretStore`] is the real
@@ -7,8 +8,8 @@
 //!
 //! Every write is guarded by the object's resourceVersion, so racing replicas and crashed
 //! rotations cannot lose an update: a write names the version it read, and the loser of a
-//! race gets [`StoreError::Conflict`], re-reads and retries ([`update_keyring`] does that
-//! loop for the keyring). The one unguarded write is the create of a new object, which
+//! race gets [`StoreError::Conflict`], re-reads and retries ([`update_environment`] does
+//! that loop for an environment's keys). The one unguarded write is the create of a new object, which
 //! fails with a Conflict if the object already exists.
 //!
 //! What it must never do:
@@ -20,6 +21,7 @@
 //! - write without a resourceVersion precondition, except to create a new object.
 
 mod error;
+mod head;
 pub mod keys;
 pub mod layout;
 mod memory;
@@ -30,7 +32,8 @@ mod secrets;
 use std::future::Future;
 
 pub use error::StoreError;
-pub use keys::{KeyError, Keys, unix_now};
+pub use head::{HEAD_FORMAT, KeyringHead, StoredKeyring};
+pub use keys::{KeyError, Keys, ROOT_KEY_RELOAD, unix_now};
 pub use memory::MemoryStore;
 pub use record::{ItemKey, ItemRecord};
 pub use root_keys::RootKeySet;
@@ -46,7 +49,38 @@ pub struct Versioned<T> {
     pub resource_version: String,
 }
 
-/// Persistence of the keyring, root keys and item records, by compare-and-swap.
+/// What a listing found: every object it could read, sorted by key, and every Secret of
+/// the kind listed that it could not read. One corrupt or foreign Secret does not hide
+/// the others; the caller decides what its presence forbids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing<K, V> {
+    pub items: Vec<(K, Versioned<V>)>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A store Secret that could not be read. Names it and says why, never what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The Secret's name.
+    pub secret: String,
+    /// The namespace its annotation names, if it names one.
+    pub namespace: Option<String>,
+    /// What is wrong with it, in words.
+    pub reason: String,
+}
+
+impl<K, V> Listing<K, V> {
+    /// Whether an unreadable Secret may belong to `namespace`: it names that namespace,
+    /// or none at all.
+    pub fn unreadable_in(&self, namespace: &str) -> bool {
+        self.unreadable
+            .iter()
+            .any(|u| u.namespace.as_deref().is_none_or(|ns| ns == namespace))
+    }
+}
+
+/// Persistence of the root keys, the keyring (a head, and one Secret per environment) and
+/// item records, by compare-and-swap.
 ///
 /// Writes take `expected`: `None` creates the object (a [`StoreError::Conflict`] if it
 /// already exists); `Some(rv)` replaces it only while it is still at `rv` (a Conflict if
@@ -62,15 +96,53 @@ pub trait Store: Send + Sync + 'static {
         expected: Option<&str>,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
-    fn keyring(
+    /// The keyring Secret: its head, or a keyring in the one-Secret format to split.
+    fn keyring_head(
         &self,
+    ) -> impl Future<Output = Result<Option<Versioned<StoredKeyring>>, StoreError>> + Send;
+
+    /// Writes the head; replacing a one-Secret keyring with it (at its version) ends the
+    /// split, and makes an older operator that still writes that format fail loudly.
+    fn put_keyring_head(
+        &self,
+        head: &KeyringHead,
+        expected: Option<&str>,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// `namespace`'s keys: a keyring holding exactly that environment.
+    fn environment(
+        &self,
+        namespace: &str,
     ) -> impl Future<Output = Result<Option<Versioned<Keyring>>, StoreError>> + Send;
 
-    fn put_keyring(
+    /// Writes `namespace`'s keys; `keyring` must hold exactly that environment.
+    fn put_environment(
         &self,
+        namespace: &str,
         keyring: &Keyring,
         expected: Option<&str>,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Deletes `namespace`'s keys only while they are still at `expected`; `Ok(false)` if
+    /// they are already gone.
+    fn delete_environment(
+        &self,
+        namespace: &str,
+        expected: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every environment's keys, sorted by namespace, and the environment Secrets that
+    /// cannot be read.
+    fn list_environments(
+        &self,
+    ) -> impl Future<Output = Result<Listing<String, Keyring>, StoreError>> + Send;
+
+    /// Some environments (up to `limit`, any of them): enough to check the root key
+    /// against at start without reading them all.
+    fn some_environments(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Listing<String, Keyring>, StoreError>> + Send;
 
     fn record(
         &self,
@@ -93,55 +165,68 @@ pub trait Store: Send + Sync + 'static {
         expected: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Every record, sorted by key. One consistent snapshot; fails as a whole on the
-    /// first corrupt record rather than hide it (key retirement needs the full list).
+    /// Every record, sorted by key, and every record Secret that cannot be read (reported,
+    /// not hidden: key retirement must keep the keys such a record could need). Fails as a
+    /// whole only when the listing itself does.
     fn list_records(
         &self,
-    ) -> impl Future<Output = Result<Vec<(ItemKey, Versioned<ItemRecord>)>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Listing<ItemKey, ItemRecord>, StoreError>> + Send;
 }
 
-/// How many times [`update_keyring`] re-reads after losing a race before it gives up.
+/// How many times [`update_environment`] re-reads after losing a race before it gives up.
 /// Each round has a winner, so this many writers racing at once all get through.
-pub const KEYRING_UPDATE_ATTEMPTS: u32 = 10;
+pub const UPDATE_ATTEMPTS: u32 = 10;
 
-/// Changes the stored keyring by compare-and-swap: reads it, applies `change` to a copy,
+/// Changes `namespace`'s keys by compare-and-swap: reads them, applies `change` to a copy,
 /// and writes the copy back at the version it read. On a [`StoreError::Conflict`] it
 /// starts over from a fresh read, so `change` may run several times and must decide from
-/// the keyring it is given (e.g. [`Keyring::ensure_environment`], which is a no-op when
-/// the keys exist). Racing callers therefore agree on one result.
+/// the keyring it is given. Racing callers therefore agree on one result.
 ///
 /// `change` returns whether it changed anything; when it did not, nothing is written.
-/// Returns the keyring as stored afterwards. Errors from `change` end the loop at once;
-/// store errors reach the caller through `E: From<StoreError>`. A missing keyring is a
-/// [`StoreError::NotFound`]: it is created once, at bootstrap, with
-/// [`Store::put_keyring`] and `expected = None`.
-pub async fn update_keyring<S, F, E>(store: &S, mut change: F) -> Result<Keyring, E>
+/// Returns the keys as stored afterwards. Errors from `change` end the loop at once;
+/// store errors reach the caller through `E: From<StoreError>`. Missing keys are a
+/// [`StoreError::NotFound`]: they are created with [`Store::put_environment`] and
+/// `expected = None` ([`Keys::ensure_environment`]).
+pub async fn update_environment<S, F, E>(
+    store: &S,
+    namespace: &str,
+    mut change: F,
+) -> Result<Keyring, E>
 where
     S: Store,
     F: FnMut(&mut Keyring) -> Result<bool, E>,
     E: From<StoreError>,
 {
-    for attempt in 1..=KEYRING_UPDATE_ATTEMPTS {
-        let current = store.keyring().await?.ok_or_else(|| StoreError::NotFound {
-            what: "the keyring".into(),
-        })?;
+    for attempt in 1..=UPDATE_ATTEMPTS {
+        let current = store
+            .environment(namespace)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("the keys of environment {namespace}"),
+            })?;
         let mut next = current.value.clone();
         if !change(&mut next)? {
             return Ok(current.value);
         }
         match store
-            .put_keyring(&next, Some(&current.resource_version))
+            .put_environment(namespace, &next, Some(&current.resource_version))
             .await
         {
             Ok(_) => return Ok(next),
             Err(e) if e.is_conflict() => {
-                tracing::debug!(attempt, "keyring changed underneath; re-reading");
+                tracing::debug!(
+                    attempt,
+                    namespace,
+                    "environment keys changed underneath; re-reading"
+                );
             }
             Err(e) => return Err(e.into()),
         }
     }
     Err(StoreError::Conflict {
-        what: format!("the keyring (gave up after {KEYRING_UPDATE_ATTEMPTS} attempts)"),
+        what: format!(
+            "the keys of environment {namespace} (gave up after {UPDATE_ATTEMPTS} attempts)"
+        ),
     }
     .into())
 }

@@ -2,7 +2,7 @@
 //!
 //! Creates are POSTs (a 409 AlreadyExists is a Conflict), replaces are PUTs carrying the
 //! expected `metadata.resourceVersion` (a 409 Conflict or a 404 is a Conflict), deletes
-//! carry a resourceVersion precondition. The operator needs `get`, `list`, `create`,
+//! carry a resourceVersion precondition. Listings are paged. The operator needs `get`, `list`, `create`,
 //! `update` and `delete` on Secrets in its own namespace, and nothing elsewhere.
 
 use k8s_openapi::api::core::v1::Secret;
@@ -10,7 +10,10 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Client, Error as KubeError};
 
 use super::layout::{self, KEYRING_SECRET, ROOT_KEY_SECRET, WipeOnDrop};
-use super::{ItemKey, ItemRecord, RootKeySet, Store, StoreError, Versioned};
+use super::{
+    ItemKey, ItemRecord, KeyringHead, Listing, RootKeySet, Store, StoreError, StoredKeyring,
+    Versioned,
+};
 use crate::crypto::Keyring;
 
 /// Records per list page: 10,000 records arrive in 20 responses, not one huge one.
@@ -96,6 +99,48 @@ impl SecretStore {
     }
 }
 
+impl SecretStore {
+    /// Deletes `name` only while it is at `expected`; `Ok(false)` if it is gone.
+    async fn delete(&self, name: &str, what: String, expected: &str) -> Result<bool, StoreError> {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: Some(expected.to_owned()),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self.api.delete(name, &params).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(false),
+            Err(e) if is_status(&e, 409) => Err(StoreError::Conflict { what }),
+            Err(source) => Err(kube_error(what, source)),
+        }
+    }
+
+    /// The Secrets matching `selector`, a page at a time; with `limit`, only the first
+    /// page of that size.
+    async fn list(&self, selector: &str, limit: Option<u32>) -> Result<Vec<Secret>, StoreError> {
+        let what = || format!("Secrets {selector} in {}", self.namespace);
+        let mut params = ListParams::default()
+            .labels(selector)
+            .limit(limit.unwrap_or(self.page_size));
+        let mut secrets = Vec::new();
+        loop {
+            let page = self
+                .api
+                .list(&params)
+                .await
+                .map_err(|source| kube_error(what(), source))?;
+            secrets.extend(page.items);
+            match page.metadata.continue_.filter(|token| !token.is_empty()) {
+                Some(token) if limit.is_none() => params = params.continue_token(&token),
+                _ => break,
+            }
+        }
+        Ok(secrets)
+    }
+}
+
 fn is_status(error: &KubeError, code: u16) -> bool {
     matches!(error, KubeError::Api(status) if status.code == code)
 }
@@ -128,22 +173,68 @@ impl Store for SecretStore {
         .await
     }
 
-    async fn keyring(&self) -> Result<Option<Versioned<Keyring>>, StoreError> {
+    async fn keyring_head(&self) -> Result<Option<Versioned<StoredKeyring>>, StoreError> {
         let what = layout::secret_what(KEYRING_SECRET);
         self.get(KEYRING_SECRET)
             .await?
-            .map(|secret| layout::versioned(&secret, &what, layout::parse_keyring))
+            .map(|secret| layout::versioned(&secret, &what, layout::parse_keyring_head))
             .transpose()
     }
 
-    async fn put_keyring(
+    async fn put_keyring_head(
         &self,
+        head: &KeyringHead,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let mut secret = layout::head_secret(head)?;
+        self.put(layout::secret_what(KEYRING_SECRET), &mut secret, expected)
+            .await
+    }
+
+    async fn environment(&self, namespace: &str) -> Result<Option<Versioned<Keyring>>, StoreError> {
+        let what = layout::environment_what(namespace);
+        self.get(&layout::environment_secret_name(namespace))
+            .await?
+            .map(|secret| {
+                layout::versioned(&secret, &what, |s| Ok(layout::parse_environment(s)?.1))
+            })
+            .transpose()
+    }
+
+    async fn put_environment(
+        &self,
+        namespace: &str,
         keyring: &Keyring,
         expected: Option<&str>,
     ) -> Result<String, StoreError> {
-        let mut secret = layout::keyring_secret(keyring)?;
-        self.put(layout::secret_what(KEYRING_SECRET), &mut secret, expected)
+        let mut secret = layout::environment_secret(namespace, keyring)?;
+        self.put(layout::environment_what(namespace), &mut secret, expected)
             .await
+    }
+
+    async fn delete_environment(
+        &self,
+        namespace: &str,
+        expected: &str,
+    ) -> Result<bool, StoreError> {
+        self.delete(
+            &layout::environment_secret_name(namespace),
+            layout::environment_what(namespace),
+            expected,
+        )
+        .await
+    }
+
+    async fn list_environments(&self) -> Result<Listing<String, Keyring>, StoreError> {
+        let secrets = self.list(&layout::environment_selector(), None).await?;
+        Ok(layout::environment_listing(&secrets))
+    }
+
+    async fn some_environments(&self, limit: u32) -> Result<Listing<String, Keyring>, StoreError> {
+        let secrets = self
+            .list(&layout::environment_selector(), Some(limit.max(1)))
+            .await?;
+        Ok(layout::environment_listing(&secrets))
     }
 
     async fn record(&self, key: &ItemKey) -> Result<Option<Versioned<ItemRecord>>, StoreError> {
@@ -166,57 +257,16 @@ impl Store for SecretStore {
     }
 
     async fn delete_record(&self, key: &ItemKey, expected: &str) -> Result<bool, StoreError> {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                resource_version: Some(expected.to_owned()),
-                uid: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match self
-            .api
-            .delete(&layout::record_secret_name(key), &params)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_status(&e, 404) => Ok(false),
-            Err(e) if is_status(&e, 409) => Err(StoreError::Conflict {
-                what: layout::record_what(key),
-            }),
-            Err(source) => Err(kube_error(layout::record_what(key), source)),
-        }
+        self.delete(
+            &layout::record_secret_name(key),
+            layout::record_what(key),
+            expected,
+        )
+        .await
     }
 
-    async fn list_records(&self) -> Result<Vec<(ItemKey, Versioned<ItemRecord>)>, StoreError> {
-        let what = || format!("record Secrets in {}", self.namespace);
-        let mut params = ListParams::default()
-            .labels(&layout::record_selector())
-            .limit(self.page_size);
-        let mut records = Vec::new();
-        loop {
-            let page = self
-                .api
-                .list(&params)
-                .await
-                .map_err(|source| kube_error(what(), source))?;
-            for secret in &page.items {
-                let (key, value) = layout::parse_record(secret)?;
-                let resource_version =
-                    layout::resource_version(secret, &layout::record_what(&key))?;
-                records.push((
-                    key,
-                    Versioned {
-                        value,
-                        resource_version,
-                    },
-                ));
-            }
-            match page.metadata.continue_.filter(|token| !token.is_empty()) {
-                Some(token) => params = params.continue_token(&token),
-                None => break,
-            }
-        }
-        records.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(records)
+    async fn list_records(&self) -> Result<Listing<ItemKey, ItemRecord>, StoreError> {
+        let secrets = self.list(&layout::record_selector(), None).await?;
+        Ok(layout::record_listing(&secrets))
     }
 }

@@ -41,7 +41,7 @@ pub async fn refuse_costly_archive<S: Store>(
     let (path, archive) = if let Some(text) = plaintext {
         (dotted(FIELD.spec_pointer()), Plaintext::from(text))
     } else if let Some(sealed) = sealed {
-        let ring = keys.keyring().await?;
+        let ring = keys.keyring_for(namespace).await?;
         let root = keys.root_for(&ring).await?;
         let binding = SealBinding {
             namespace,

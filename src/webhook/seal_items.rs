@@ -209,7 +209,7 @@ async fn admit<S: Store, A: Authorizer>(
         .collect();
     let mut keyring = None;
     if !to_verify.is_empty() {
-        let ring = keys.keyring().await?;
+        let ring = keys.keyring_for(namespace).await?;
         let root = keys.root_for(&ring).await?;
         for (field, sealed) in &to_verify {
             let binding = SealBinding {
@@ -241,7 +241,7 @@ async fn admit<S: Store, A: Authorizer>(
             // A dry run writes nothing, so it can seal only if the keys already exist.
             let ring = match keyring {
                 Some(ring) => ring,
-                None => keys.keyring().await?,
+                None => keys.keyring_for(namespace).await?,
             };
             if !ring.environments.contains_key(namespace) {
                 return Err(SealError::DryRunWithoutKeys {

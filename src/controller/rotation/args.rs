@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::api::duration::parse_period;
 use crate::crypto::RotationPolicy;
 
-use super::{KeyKind, RotationConfig, RotationError};
+use super::{KeyKind, RotationConfig, RotationError, root_key_retire_grace};
 
 /// Annotation on a VaultSection asking for a rotation of its environment's keys:
 /// `data-key@<RFC 3339 time>` or `sealing-key@<RFC 3339 time>`.
@@ -32,6 +32,10 @@ pub struct RotationArgs {
     /// How long a replaced sealing key still opens values sealed to it (e.g. in Git).
     #[arg(long, env = "MONIVAULT_SEALING_KEY_RETENTION", default_value = "365d", value_parser = parse_period)]
     pub sealing_key_retention: Duration,
+    /// How long the keys of a deleted namespace are kept, in case it comes back (values
+    /// sealed for it in Git open again only while they are).
+    #[arg(long, env = "MONIVAULT_DELETED_NAMESPACE_GRACE", default_value = "7d", value_parser = parse_period)]
+    pub deleted_namespace_grace: Duration,
     #[command(flatten)]
     pub reencrypt: ReencryptArgs,
 }
@@ -45,6 +49,23 @@ pub struct ReencryptArgs {
     /// How long an old data key is kept after its successor appeared, at least.
     #[arg(long, env = "MONIVAULT_DATA_KEY_RETIRE_GRACE", default_value = "30s", value_parser = parse_period)]
     pub data_key_retire_grace: Duration,
+    /// How often every replica reads the root key Secret again, so it signs admission
+    /// stamps with the current root key soon after a rotation. An old root key is removed
+    /// no sooner than this (plus an admission's time) after it stopped being current.
+    #[arg(long, env = "MONIVAULT_ROOT_KEY_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_period)]
+    pub root_key_reload_interval: Duration,
+}
+
+impl ReencryptArgs {
+    /// The rotation settings these flags give, over `base`.
+    pub fn apply(&self, base: RotationConfig) -> RotationConfig {
+        RotationConfig {
+            reencrypt_rate: self.reencrypt_rate,
+            retire_grace: self.data_key_retire_grace,
+            root_key_retire_grace: root_key_retire_grace(self.root_key_reload_interval),
+            ..base
+        }
+    }
 }
 
 impl RotationArgs {
@@ -58,8 +79,8 @@ impl RotationArgs {
                 sealing_key_retention: secs(self.sealing_key_retention),
             },
             check_interval: self.rotation_check_interval,
-            reencrypt_rate: self.reencrypt.reencrypt_rate,
-            retire_grace: self.reencrypt.data_key_retire_grace,
+            deleted_namespace_grace: self.deleted_namespace_grace,
+            ..self.reencrypt.apply(RotationConfig::default())
         }
     }
 }
@@ -112,12 +133,18 @@ pub struct RotateArgs {
     /// The environment (namespace) whose data or sealing key rotates; default: every one.
     #[arg(long)]
     pub environment: Option<String>,
+    /// The operator's --watch-namespace, if it is scoped: a root key rotation keeps the
+    /// old root key while an admission stamp of a Monitor or MonitorRun there names it
+    /// (default: every namespace).
+    #[arg(long, env = "MONIVAULT_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
     /// Rotate only keys created before this RFC 3339 time (default: now). Re-running
     /// with the same time completes an interrupted rotation and never rotates twice.
     #[arg(long, value_parser = parse_time)]
     pub requested_at: Option<i64>,
-    /// Data keys: re-encrypt every record and destroy the old key before returning,
-    /// instead of leaving that to the operator's background loop.
+    /// Data keys: re-encrypt every record and destroy the old key before returning.
+    /// Root key: wait out the retire grace and remove old versions no stamp names. Without
+    /// it, the operator's background loop does that.
     #[arg(long)]
     pub wait: bool,
     #[command(flatten)]

@@ -5,7 +5,7 @@ use crate::crypto::RotationPolicy;
 use crate::store::Store;
 use crate::store::{Keys, unix_now};
 
-use super::{KeyKind, Reporting, RotationError, Trigger, change_keyring};
+use super::{KeyKind, Reporting, RotationError, Trigger, change_environment};
 
 /// Makes a new data key current in `namespace` if `trigger` applies to the current one.
 /// Returns the new version, or `None` if the current key stays (decided from the stored
@@ -59,7 +59,7 @@ async fn rotate_environment_key<S: Store>(
 ) -> Result<Option<u32>, RotationError> {
     let now = unix_now();
     let mut rotated = None;
-    change_keyring(keys, |keyring, root| {
+    change_environment(keys, namespace, |keyring, root| {
         rotated = None;
         let env = keyring.environment(namespace)?;
         let (created_at, due) = if kind == KeyKind::SealingKey {
@@ -117,7 +117,7 @@ pub async fn prune_sealing_keys<S: Store>(
 ) -> Result<Vec<u32>, RotationError> {
     let now = unix_now();
     let mut pruned = Vec::new();
-    change_keyring(keys, |keyring, _| {
+    change_environment(keys, namespace, |keyring, _| {
         pruned = keyring.prune_sealing_keys(namespace, now, policy)?;
         Ok(!pruned.is_empty())
     })

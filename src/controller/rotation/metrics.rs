@@ -15,6 +15,9 @@ pub struct RotationMetrics {
     pub(super) reencrypted: Counter,
     pub(super) remaining: Gauge,
     pub(super) retired: Counter,
+    pub(super) unreadable_records: Gauge,
+    pub(super) unreadable_environments: Gauge,
+    pub(super) dropped_environments: Counter,
     failures: Family<CategoryLabel, Counter>,
 }
 
@@ -35,6 +38,9 @@ impl RotationMetrics {
             reencrypted: Counter::default(),
             remaining: Gauge::default(),
             retired: Counter::default(),
+            unreadable_records: Gauge::default(),
+            unreadable_environments: Gauge::default(),
+            dropped_environments: Counter::default(),
             failures: Family::default(),
         };
         for kind in [KeyKind::RootKey, KeyKind::DataKey, KeyKind::SealingKey] {
@@ -62,6 +68,21 @@ impl RotationMetrics {
             "retired_data_keys",
             "Data key versions destroyed after no record used them",
             metrics.retired.clone(),
+        );
+        registry.register(
+            "unreadable_records",
+            "Item record Secrets that could not be read at the last listing; their namespaces keep every data key",
+            metrics.unreadable_records.clone(),
+        );
+        registry.register(
+            "unreadable_environments",
+            "Environment Secrets that could not be read at the last listing; every root key version is kept meanwhile",
+            metrics.unreadable_environments.clone(),
+        );
+        registry.register(
+            "dropped_environments",
+            "Environments whose keys were dropped after their namespace was gone for the grace",
+            metrics.dropped_environments.clone(),
         );
         registry.register(
             "rotation_check_failures",

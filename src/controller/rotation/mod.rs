@@ -1,25 +1,23 @@
 //! Key rotation: the root key, and per environment the data key and the sealing key, on a
 //! schedule ([`run_rotation_loop`], leader only) or on demand (`monivault rotate`, or the
-//! `monivault.io/rotate` annotation on a VaultSection).
+//! `monivault.io/rotate` annotation on a VaultSection); and the keys of deleted namespaces,
+//! dropped after a grace ([`orphans`]).
 //!
 //! Crash safety: every step reads the stored state, decides from it alone what is left to
-//! do, and makes one compare-and-swap write. A process killed at any instant leaves a
-//! state some step recognises, so running the same rotation again (or the next check of
-//! the loop) finishes it and never starts a second one.
+//! do, and makes compare-and-swap writes. A process killed at any instant leaves a state
+//! some step recognises, so running the same rotation again (or the next check of the
+//! loop) finishes it and never starts a second one.
 //!
-//! Root key (installation-wide), each step one CAS write:
-//! 1. add version N+1 to the root key Secret, not current, old versions kept;
-//! 2. re-wrap the keyring under N+1 (item records are untouched);
-//! 3. make N+1 current in the root key Secret;
-//! 4. remove the versions the keyring no longer uses.
+//! Root key (installation-wide): see [`root`]. A new version is stored, every environment
+//! is re-wrapped under it (one write each), it becomes current, and old versions go once
+//! no environment is under them and no admission stamp names them.
 //!
-//! A root key Secret holding a version newer than the keyring's means step 2 is pending.
-//!
-//! Data key (per environment): a new version becomes current (CAS on the keyring); every
-//! record on an older version is re-encrypted at a bounded rate (CAS on the record: a
-//! conflict means it was re-ingested, under the current key); versions no record uses
-//! are destroyed (CAS on the keyring, `in_use` from a fresh list). New records are always
-//! written under the current version, so the set of old records only shrinks.
+//! Data key (per environment): a new version becomes current (CAS on the environment's
+//! keys); every record with a field on an older version is re-encrypted at a bounded rate
+//! (CAS on the record: a conflict means it was re-ingested, under the current key);
+//! versions no record's envelopes use are destroyed (`in_use` from a fresh list). New
+//! records are always written under the current version, so the set of old records only
+//! shrinks.
 //!
 //! Sealing key (per environment): a new version becomes current; superseded ones are
 //! dropped after the retention, so sealed values in Git keep opening until then.
@@ -28,39 +26,56 @@
 //! while the current key is older than it. The new key's creation time is at least the
 //! request's, so repeating or racing the request rotates once, with no state of its own.
 //!
+//! Scale: a check lists the environment Secrets once and touches only the environments
+//! with something due, so ten thousand namespaces cost one paged list a check.
+//!
 //! What it must never do: log, or put in an Event, a key or a plaintext. Messages carry
-//! namespaces, versions and counts.
+//! namespaces, versions and counts. Nor destroy a key on a guess: a Secret it cannot read,
+//! or a fact about the cluster it cannot get, keeps every key that might depend on it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Api, ListParams};
-use kube::{Client, ResourceExt};
+use kube::Client;
 
-use crate::api::vault_section::VaultSection;
-use crate::crypto::{CryptoError, Keyring, RootKey, RotationPolicy};
-use crate::store::{KeyError, Keys, unix_now};
+use crate::crypto::{CryptoError, Environment, Keyring, RootKey, RotationPolicy};
+use crate::store::{KeyError, Keys, ROOT_KEY_RELOAD, unix_now};
 use crate::store::{SecretStore, Store, StoreError, Versioned};
 
 pub use args::{
     ROTATE_ANNOTATION, ReencryptArgs, RotateArgs, RotationArgs, parse_request, parse_time,
 };
 pub use environment::{prune_sealing_keys, rotate_data_key, rotate_sealing_key};
+pub use facts::{ClusterFacts, KubeFacts};
 pub use metrics::RotationMetrics;
+pub use orphans::{OrphanOutcome, prune_orphaned_environments};
 pub use reencrypt::{
     DataKeyState, RateLimiter, ReencryptOutcome, finish_data_key_rotation, rate_limiter,
     reencrypt_environment, reencrypt_quota, retire_unused_data_keys,
 };
 pub use reporting::Reporting;
-pub use root::rotate_root_key;
+pub use root::{RootKeyState, rotate_root_key};
 
 mod args;
 mod environment;
+mod facts;
 mod metrics;
+mod orphans;
 mod reencrypt;
 mod reporting;
 mod root;
+
+/// Time allowed for an admission (the webhook answers within 9 s): a stamp signed just
+/// before a replica reloaded its root keys is stored by then.
+const ADMISSION_MARGIN: Duration = Duration::from_secs(10);
+
+/// How long an old root key outlives the switch to its successor at least, for replicas
+/// that reload every `reload`: every one of them has stopped signing with it, and the
+/// stamps they signed are stored, before the stamps are listed.
+pub fn root_key_retire_grace(reload: Duration) -> Duration {
+    reload.saturating_add(ADMISSION_MARGIN)
+}
 
 /// How many times a step re-reads after losing a race before giving up for this round.
 const ATTEMPTS: u32 = 10;
@@ -150,6 +165,11 @@ pub struct RotationConfig {
     /// keyring just before the rotation may still write a record under the old key within
     /// this time; the fresh record list taken after it sees that record.
     pub retire_grace: Duration,
+    /// How long an old root key outlives the switch to its successor at least
+    /// ([`root_key_retire_grace`]).
+    pub root_key_retire_grace: Duration,
+    /// How long the keys of a deleted namespace are kept, in case it comes back.
+    pub deleted_namespace_grace: Duration,
 }
 
 impl Default for RotationConfig {
@@ -159,20 +179,27 @@ impl Default for RotationConfig {
             check_interval: Duration::from_secs(60),
             reencrypt_rate: 50,
             retire_grace: Duration::from_secs(30),
+            root_key_retire_grace: root_key_retire_grace(ROOT_KEY_RELOAD),
+            deleted_namespace_grace: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
 
-/// Changes the keyring by compare-and-swap, resolving the root key that opens each fresh
-/// read (a root key rotation may re-wrap it between attempts). `change` decides from the
-/// keyring it is given and returns whether it changed it; nothing is written otherwise.
-async fn change_keyring<S, F>(keys: &Keys<S>, mut change: F) -> Result<Keyring, RotationError>
+/// Changes `namespace`'s keys by compare-and-swap, resolving the root key that opens each
+/// fresh read (a root key rotation may re-wrap them between attempts). `change` decides
+/// from the keyring it is given and returns whether it changed it; nothing is written
+/// otherwise.
+async fn change_environment<S, F>(
+    keys: &Keys<S>,
+    namespace: &str,
+    mut change: F,
+) -> Result<Keyring, RotationError>
 where
     S: Store,
     F: FnMut(&mut Keyring, &RootKey) -> Result<bool, RotationError>,
 {
     for attempt in 1..=ATTEMPTS {
-        let current = read_keyring(keys.store()).await?;
+        let current = read_environment(keys.store(), namespace).await?;
         let root = keys.root_for(&current.value).await?;
         let mut next = current.value.clone();
         if !change(&mut next, &root)? {
@@ -180,94 +207,138 @@ where
         }
         match keys
             .store()
-            .put_keyring(&next, Some(&current.resource_version))
+            .put_environment(namespace, &next, Some(&current.resource_version))
             .await
         {
             Ok(_) => return Ok(next),
             Err(e) if e.is_conflict() => {
-                tracing::debug!(attempt, "keyring changed underneath; re-reading");
+                tracing::debug!(
+                    attempt,
+                    namespace,
+                    "environment keys changed underneath; re-reading"
+                );
             }
             Err(e) => return Err(e.into()),
         }
     }
     Err(RotationError::Contention {
-        what: "the keyring",
+        what: "an environment's keys",
     })
 }
 
-async fn read_keyring<S: Store>(store: &S) -> Result<Versioned<Keyring>, RotationError> {
-    Ok(store.keyring().await?.ok_or_else(|| StoreError::NotFound {
-        what: "the keyring".into(),
-    })?)
+async fn read_environment<S: Store>(
+    store: &S,
+    namespace: &str,
+) -> Result<Versioned<Keyring>, RotationError> {
+    Ok(store
+        .environment(namespace)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: format!("the keys of environment {namespace}"),
+        })?)
 }
 
-/// The rotation requests on the VaultSections in scope: per namespace and key kind, the
-/// latest requested time. Malformed requests are logged and ignored.
-async fn rotation_requests(
-    client: &Client,
-    scope: Option<&str>,
-) -> Result<BTreeMap<(String, KeyKind), i64>, RotationError> {
-    let api: Api<VaultSection> = match scope {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let sections =
-        api.list(&ListParams::default())
-            .await
-            .map_err(|source| RotationError::Kube {
-                what: "VaultSections".into(),
-                source,
-            })?;
-    let mut requests = BTreeMap::new();
-    for section in sections.items {
-        let Some(value) = section.annotations().get(ROTATE_ANNOTATION) else {
-            continue;
-        };
-        let namespace = section.namespace().unwrap_or_default();
-        match parse_request(value) {
-            Ok((kind, at)) => {
-                let latest = requests.entry((namespace, kind)).or_insert(at);
-                *latest = (*latest).max(at);
-            }
-            Err(e) => tracing::warn!(
-                %namespace,
-                section = %section.name_any(),
-                error = %e,
-                "ignoring rotation request"
-            ),
-        }
-    }
-    Ok(requests)
+/// The environments in `scope`, by namespace, from a listing.
+fn in_scope<'a>(
+    listing: &'a crate::store::Listing<String, Keyring>,
+    scope: Option<&'a str>,
+) -> impl Iterator<Item = (&'a String, &'a Keyring)> + 'a {
+    listing
+        .items
+        .iter()
+        .filter(move |(ns, _)| scope.is_none_or(|s| s == ns.as_str()))
+        .map(|(ns, stored)| (ns, &stored.value))
 }
 
-/// One rotation check: flush encryption counts, run or finish the root key rotation,
-/// then per environment in scope rotate data and sealing keys that are due or requested,
-/// re-encrypt, retire and prune. A failure in one environment does not stop the others.
-pub async fn check_once<S: Store>(
+/// Whether a check has anything to do for this environment: a key due or requested, a
+/// data key rotation to finish, or a sealing key past its retention. Decided from the
+/// listed keys, so ten thousand idle environments cost no request each.
+fn needs_attention(
+    env: &Environment,
+    now: i64,
+    policy: &RotationPolicy,
+    data_request: Option<Trigger>,
+    sealing_request: Option<Trigger>,
+) -> bool {
+    let data_created = env
+        .data_keys
+        .get(&env.current_data_key)
+        .map(|k| k.created_at);
+    let sealing_created = env
+        .sealing_keys
+        .get(&env.current_sealing_key)
+        .map(|k| k.created_at);
+    env.data_key_due(now, policy)
+        || env.sealing_key_due(now, policy)
+        || data_request.is_some_and(|t| t.applies(data_created, false, now))
+        || sealing_request.is_some_and(|t| t.applies(sealing_created, false, now))
+        || env.data_keys.len() > 1
+        || env.sealing_keys.values().any(|k| {
+            k.superseded_at
+                .is_some_and(|at| now.saturating_sub(at) >= policy.sealing_key_retention)
+        })
+}
+
+/// One rotation check: drop the keys of namespaces gone for the grace, flush encryption
+/// counts, run or finish the root key rotation, then per environment in scope rotate data
+/// and sealing keys that are due or requested, re-encrypt, retire and prune. Pruning comes
+/// first, so a store crowded by dead namespaces shrinks before anything else is written.
+/// A failure in one environment does not stop the others.
+pub async fn check_once<S: Store, F: ClusterFacts>(
     keys: &Keys<S>,
-    client: Option<&Client>,
+    facts: &F,
     scope: Option<&str>,
     config: &RotationConfig,
     reporting: &Reporting,
 ) -> Result<(), RotationError> {
     let policy = &config.policy;
-    keys.flush_encryption_counts().await?;
-    rotate_root_key(keys, Trigger::Schedule, policy, reporting).await?;
-    let requests = match client {
-        Some(client) => rotation_requests(client, scope).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read rotation requests");
-            BTreeMap::new()
-        }),
-        None => BTreeMap::new(),
-    };
-    let keyring = read_keyring(keys.store()).await?.value;
-    let namespaces: Vec<String> = keyring
-        .environments
-        .keys()
-        .filter(|ns| scope.is_none_or(|s| s == ns.as_str()))
-        .cloned()
+    let mut listing = keys.store().list_environments().await?;
+    reporting.environments_listed(&listing);
+    match facts.live_namespaces().await {
+        Ok(Some(live)) => {
+            let outcome =
+                prune_orphaned_environments(keys, &listing, &live, scope, config, reporting)
+                    .await?;
+            let dropped: BTreeSet<&String> = outcome.dropped.iter().collect();
+            listing.items.retain(|(ns, _)| !dropped.contains(ns));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell which namespaces exist; dropping no environment's keys");
+        }
+    }
+    if let Err(e) = keys.flush_encryption_counts().await {
+        if let Some(m) = reporting.metrics() {
+            m.failed(e.category());
+        }
+        tracing::warn!(category = e.category(), error = %e, "cannot flush encryption counts; kept for the next check");
+    }
+    rotate_root_key(keys, facts, Trigger::Schedule, config, reporting).await?;
+    let requests = facts.rotation_requests().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read rotation requests");
+        BTreeMap::new()
+    });
+    let now = unix_now();
+    let due: Vec<String> = in_scope(&listing, scope)
+        .filter(|(namespace, keyring)| {
+            let requested = |kind| {
+                requests
+                    .get(&((*namespace).clone(), kind))
+                    .map(|at| Trigger::Requested { at: *at })
+            };
+            keyring.environment(namespace).is_ok_and(|env| {
+                needs_attention(
+                    env,
+                    now,
+                    policy,
+                    requested(KeyKind::DataKey),
+                    requested(KeyKind::SealingKey),
+                )
+            })
+        })
+        .map(|(namespace, _)| namespace.clone())
         .collect();
-    for namespace in namespaces {
+    for namespace in due {
         let requested = |kind| {
             requests
                 .get(&(namespace.clone(), kind))
@@ -299,9 +370,9 @@ pub async fn check_once<S: Store>(
 
 /// The leader's rotation loop: a check at once (to finish what a crash interrupted), then
 /// every `config.check_interval`. Never returns; drop or abort the task to stop it.
-pub async fn run_rotation_loop<S: Store>(
-    client: Client,
+pub async fn run_rotation_loop<S: Store, F: ClusterFacts>(
     keys: Arc<Keys<S>>,
+    facts: F,
     watch_namespace: Option<String>,
     config: RotationConfig,
     reporting: Reporting,
@@ -317,7 +388,7 @@ pub async fn run_rotation_loop<S: Store>(
         tick.tick().await;
         if let Err(e) = check_once(
             &keys,
-            Some(&client),
+            &facts,
             watch_namespace.as_deref(),
             &config,
             &reporting,
@@ -348,23 +419,43 @@ pub async fn rotate_command(
         });
     }
     let trigger = Trigger::Requested { at };
-    let config = RotationConfig {
-        reencrypt_rate: args.reencrypt.reencrypt_rate,
-        retire_grace: args.reencrypt.data_key_retire_grace,
-        ..RotationConfig::default()
-    };
-    let reporting = Reporting::new(client, "monivault-rotate".into(), None);
+    let config = args.reencrypt.apply(RotationConfig::default());
+    let reporting = Reporting::new(client.clone(), "monivault-rotate".into(), None);
     if args.key == KeyKind::RootKey {
-        let version = rotate_root_key(&keys, trigger, &config.policy, &reporting).await?;
-        return Ok(vec![format!("root key version {version} is current")]);
+        let facts = KubeFacts::new(client, args.watch_namespace.clone());
+        let mut state = rotate_root_key(&keys, &facts, trigger, &config, &reporting).await?;
+        if args.wait
+            && let Some(ends) = state.grace_ends
+        {
+            let left = ends.saturating_sub(unix_now()).max(0).saturating_add(1);
+            tracing::info!(
+                seconds = left,
+                "waiting out the old root key's retire grace"
+            );
+            tokio::time::sleep(Duration::from_secs(left.unsigned_abs())).await;
+            state = rotate_root_key(&keys, &facts, trigger, &config, &reporting).await?;
+        }
+        let note = if state.finished() {
+            String::new()
+        } else if state.grace_ends.is_some() {
+            " (older versions go after the retire grace)".to_owned()
+        } else {
+            " (older versions stay while admission stamps name them)".to_owned()
+        };
+        return Ok(vec![format!(
+            "root key version {} is current; versions held: {:?}{note}",
+            state.current, state.versions
+        )]);
     }
     let namespaces = match &args.environment {
         Some(ns) => vec![ns.clone()],
-        None => read_keyring(keys.store())
+        None => keys
+            .store()
+            .list_environments()
             .await?
-            .value
-            .environments
-            .into_keys()
+            .items
+            .into_iter()
+            .map(|(ns, _)| ns)
             .collect(),
     };
     let mut lines = Vec::new();
@@ -375,7 +466,7 @@ pub async fn rotate_command(
             let state = if args.wait {
                 finish_data_key_rotation(&keys, &namespace, &config, true, &reporting).await?
             } else {
-                let keyring = read_keyring(keys.store()).await?.value;
+                let keyring = read_environment(keys.store(), &namespace).await?.value;
                 let env = keyring.environment(&namespace)?;
                 DataKeyState {
                     current: env.current_data_key,
@@ -396,7 +487,7 @@ pub async fn rotate_command(
         } else {
             let rotated =
                 rotate_sealing_key(&keys, &namespace, trigger, &config.policy, &reporting).await?;
-            let keyring = read_keyring(keys.store()).await?.value;
+            let keyring = read_environment(keys.store(), &namespace).await?.value;
             let env = keyring.environment(&namespace)?;
             format!(
                 "{namespace}: sealing key version {} is current{}",

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use governor::Quota;
 
-use crate::crypto::{CryptoError, DataCipher, ItemBinding};
+use crate::crypto::{CryptoError, DataCipher, EnvelopeKind, ItemBinding, key_version_of};
 use crate::crypto::{Environment, reencrypt};
-use crate::store::{ItemKey, ItemRecord, Store, Versioned};
+use crate::store::{ItemKey, ItemRecord, Listing, Store, Versioned};
 use crate::store::{Keys, unix_now};
 
-use super::{Reporting, RotationConfig, RotationError, change_keyring, read_keyring};
+use super::{Reporting, RotationConfig, RotationError, change_environment, read_environment};
 
 /// Re-encryption passes per check: records re-ingested meanwhile are already current, so
 /// a second pass only finds records a concurrent rotation left behind.
@@ -57,7 +57,7 @@ pub async fn reencrypt_environment<S: Store>(
     limiter: &RateLimiter,
     reporting: &Reporting,
 ) -> Result<ReencryptOutcome, RotationError> {
-    let keyring = read_keyring(keys.store()).await?.value;
+    let keyring = read_environment(keys.store(), namespace).await?.value;
     let env = keyring.environment(namespace)?;
     let mut outcome = ReencryptOutcome::default();
     if env.data_keys.len() <= 1 {
@@ -65,16 +65,27 @@ pub async fn reencrypt_environment<S: Store>(
     }
     let root = keys.root_for(&keyring).await?;
     let to = keyring.current_data_cipher(&root, namespace)?;
-    let old: Vec<(ItemKey, Versioned<ItemRecord>)> = keys
-        .store()
-        .list_records()
-        .await?
-        .into_iter()
-        .filter(|(key, record)| {
-            key.namespace == namespace && record.value.key_version != to.version()
-        })
-        .collect();
-    outcome.found = old.len();
+    // Which key a record needs is what its envelopes say, not its own `key_version`.
+    let mut old: Vec<(ItemKey, Versioned<ItemRecord>, BTreeSet<u32>)> = Vec::new();
+    let listing = keys.store().list_records().await?;
+    report_unreadable(&listing, reporting);
+    for (key, record) in listing.items {
+        if key.namespace != namespace {
+            continue;
+        }
+        match envelope_versions(&record.value) {
+            // On the current key, and saying so.
+            Ok(versions)
+                if versions.iter().all(|v| *v == to.version())
+                    && record.value.key_version == to.version() => {}
+            Ok(versions) => old.push((key, record, versions)),
+            Err(e) => {
+                tracing::error!(%key, error = %e, "record has a field that is not a stored envelope; it keeps its keys");
+                outcome.failed += 1;
+            }
+        }
+    }
+    outcome.found = old.len() + outcome.failed;
     if old.is_empty() {
         return Ok(outcome);
     }
@@ -86,36 +97,45 @@ pub async fn reencrypt_environment<S: Store>(
     );
     let mut ciphers: BTreeMap<u32, DataCipher> = BTreeMap::new();
     let mut fields_encrypted = 0u64;
-    for (done, (key, record)) in old.iter().enumerate() {
+    for (done, (key, record, versions)) in old.iter().enumerate() {
         if let Some(m) = reporting.metrics() {
             m.remaining
                 .set(i64::try_from(old.len() - done).unwrap_or(i64::MAX));
         }
         limiter.until_ready().await;
-        let version = record.value.key_version;
-        if let std::collections::btree_map::Entry::Vacant(slot) = ciphers.entry(version) {
-            match keyring.data_cipher(&root, namespace, version) {
+        let mut missing = None;
+        for version in versions {
+            if *version == to.version() || ciphers.contains_key(version) {
+                continue;
+            }
+            match keyring.data_cipher(&root, namespace, *version) {
                 Ok(cipher) => {
-                    slot.insert(cipher);
+                    ciphers.insert(*version, cipher);
                 }
                 Err(e) => {
-                    tracing::error!(%key, version, error = %e, "record is on a data key the keyring cannot open");
-                    outcome.failed += 1;
-                    continue;
+                    missing = Some((*version, e));
+                    break;
                 }
             }
         }
-        let Some(from) = ciphers.get(&version) else {
+        if let Some((version, e)) = missing {
+            tracing::error!(%key, version, error = %e, "record is on a data key the keyring cannot open");
+            outcome.failed += 1;
             continue;
-        };
-        let next = match reencrypt_record(from, &to, key, &record.value) {
+        }
+        let next = match reencrypt_record(&ciphers, &to, key, &record.value) {
             Ok(next) => next,
             Err(e) => {
-                tracing::error!(%key, version, error = %e, "cannot re-encrypt record");
+                tracing::error!(%key, error = %e, "cannot re-encrypt record");
                 outcome.failed += 1;
                 continue;
             }
         };
+        let moved = next
+            .fields
+            .iter()
+            .filter(|(field, text)| record.value.fields.get(*field) != Some(*text))
+            .count() as u64;
         match keys
             .store()
             .put_record(key, &next, Some(&record.resource_version))
@@ -123,7 +143,7 @@ pub async fn reencrypt_environment<S: Store>(
         {
             Ok(_) => {
                 outcome.reencrypted += 1;
-                fields_encrypted += next.fields.len() as u64;
+                fields_encrypted += moved;
                 if let Some(m) = reporting.metrics() {
                     m.reencrypted.inc();
                 }
@@ -158,22 +178,67 @@ pub async fn reencrypt_environment<S: Store>(
     Ok(outcome)
 }
 
-/// The record with every field on `to`'s key. Pure: the caller writes it by CAS.
+/// Says which record Secrets a listing could not read: each in the log, their number in
+/// `monivault_unreadable_records`. They are skipped, not fatal: one corrupt or foreign
+/// Secret must not stall rotation in every namespace.
+fn report_unreadable(listing: &Listing<ItemKey, ItemRecord>, reporting: &Reporting) {
+    for unreadable in &listing.unreadable {
+        tracing::warn!(
+            secret = %unreadable.secret,
+            namespace = unreadable.namespace.as_deref().unwrap_or("<unknown>"),
+            reason = %unreadable.reason,
+            "skipping a record Secret that cannot be read; its namespace keeps every data key"
+        );
+    }
+    if let Some(m) = reporting.metrics() {
+        m.unreadable_records
+            .set(i64::try_from(listing.unreadable.len()).unwrap_or(i64::MAX));
+    }
+}
+
+/// The data key versions a record's fields are encrypted under, read from each envelope.
+/// An error if any field is not a stored-data envelope: then nobody knows which key it
+/// needs, and no key of its namespace may be destroyed.
+fn envelope_versions(record: &ItemRecord) -> Result<BTreeSet<u32>, CryptoError> {
+    record
+        .fields
+        .values()
+        .map(|text| match key_version_of(text)? {
+            (EnvelopeKind::Data, version) => Ok(version),
+            (EnvelopeKind::Sealed, _) => Err(CryptoError::WrongEnvelopeKind {
+                expected: "data",
+                found: "sealed",
+            }),
+        })
+        .collect()
+}
+
+/// The record with every field on `to`'s key; `from` holds a cipher for every other
+/// version its fields are on. Pure: the caller writes it by CAS.
 fn reencrypt_record(
-    from: &DataCipher,
+    from: &BTreeMap<u32, DataCipher>,
     to: &DataCipher,
     key: &ItemKey,
     record: &ItemRecord,
 ) -> Result<ItemRecord, CryptoError> {
     let mut next = record.clone();
     for (field, text) in next.fields.iter_mut() {
+        let (_, version) = key_version_of(text)?;
+        if version == to.version() {
+            continue;
+        }
+        let cipher = from.get(&version).ok_or(CryptoError::UnknownKeyVersion {
+            namespace: key.namespace.clone(),
+            kind: "data",
+            version,
+        })?;
         let binding = ItemBinding {
             namespace: &key.namespace,
             item: &key.name,
             uid: &record.uid,
             field,
         };
-        if let Some(moved) = reencrypt(from, to, &binding, text)? {
+        if let Some(moved) = reencrypt(cipher, to, &binding, text)? {
             *text = moved;
         }
     }
@@ -190,24 +255,40 @@ pub async fn retire_unused_data_keys<S: Store>(
     grace: Duration,
     reporting: &Reporting,
 ) -> Result<Vec<u32>, RotationError> {
-    let keyring = read_keyring(keys.store()).await?.value;
+    let keyring = read_environment(keys.store(), namespace).await?.value;
     if !grace_elapsed(keyring.environment(namespace)?, grace, unix_now()) {
         return Ok(Vec::new());
     }
     if keyring.environment(namespace)?.data_keys.len() <= 1 {
         return Ok(Vec::new());
     }
-    let in_use: BTreeSet<u32> = keys
-        .store()
-        .list_records()
-        .await?
-        .into_iter()
-        .filter(|(key, _)| key.namespace == namespace)
-        .map(|(_, record)| record.value.key_version)
-        .collect();
+    // Every version any field of any record of the namespace is on. One record whose
+    // envelopes cannot be read could need any of them: then nothing is destroyed.
+    let mut in_use = BTreeSet::new();
+    let listing = keys.store().list_records().await?;
+    report_unreadable(&listing, reporting);
+    if listing.unreadable_in(namespace) {
+        tracing::warn!(
+            namespace,
+            "a record Secret that may belong here cannot be read; destroying no data key of this namespace"
+        );
+        return Ok(Vec::new());
+    }
+    for (key, record) in listing.items {
+        if key.namespace != namespace {
+            continue;
+        }
+        match envelope_versions(&record.value) {
+            Ok(versions) => in_use.extend(versions),
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "a record's keys are unknown; destroying no data key of its namespace");
+                return Ok(Vec::new());
+            }
+        }
+    }
     let now = unix_now();
     let mut retired = Vec::new();
-    change_keyring(keys, |keyring, _| {
+    change_environment(keys, namespace, |keyring, _| {
         retired.clear();
         // A rotation since our read restarts the grace: its predecessor may still gain
         // records from a racing ingest.
@@ -273,7 +354,7 @@ pub async fn finish_data_key_rotation<S: Store>(
         }
     }
     if wait_for_grace {
-        let keyring = read_keyring(keys.store()).await?.value;
+        let keyring = read_environment(keys.store(), namespace).await?.value;
         let env = keyring.environment(namespace)?;
         if env.data_keys.len() > 1 {
             let created = env
@@ -289,7 +370,7 @@ pub async fn finish_data_key_rotation<S: Store>(
         }
     }
     let retired = retire_unused_data_keys(keys, namespace, config.retire_grace, reporting).await?;
-    let keyring = read_keyring(keys.store()).await?.value;
+    let keyring = read_environment(keys.store(), namespace).await?.value;
     let env = keyring.environment(namespace)?;
     let state = DataKeyState {
         current: env.current_data_key,

@@ -1,11 +1,13 @@
 //! Rotation over the in-memory store, including a crash after every single write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use super::*;
 use crate::crypto::{ItemBinding, Plaintext};
-use crate::store::{ItemKey, ItemRecord, MemoryStore, RootKeySet};
+use crate::store::{
+    ItemKey, ItemRecord, KeyringHead, Listing, MemoryStore, RootKeySet, StoredKeyring,
+};
 
 const NS: &str = "shop";
 const RECORDS: usize = 6;
@@ -61,16 +63,44 @@ impl Store for CrashingStore {
         self.write()?;
         self.inner.put_root_keys(keys, expected).await
     }
-    async fn keyring(&self) -> Result<Option<Versioned<Keyring>>, StoreError> {
-        self.inner.keyring().await
+    async fn keyring_head(&self) -> Result<Option<Versioned<StoredKeyring>>, StoreError> {
+        self.inner.keyring_head().await
     }
-    async fn put_keyring(
+    async fn put_keyring_head(
         &self,
+        head: &KeyringHead,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        self.write()?;
+        self.inner.put_keyring_head(head, expected).await
+    }
+    async fn environment(&self, namespace: &str) -> Result<Option<Versioned<Keyring>>, StoreError> {
+        self.inner.environment(namespace).await
+    }
+    async fn put_environment(
+        &self,
+        namespace: &str,
         keyring: &Keyring,
         expected: Option<&str>,
     ) -> Result<String, StoreError> {
         self.write()?;
-        self.inner.put_keyring(keyring, expected).await
+        self.inner
+            .put_environment(namespace, keyring, expected)
+            .await
+    }
+    async fn delete_environment(
+        &self,
+        namespace: &str,
+        expected: &str,
+    ) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.delete_environment(namespace, expected).await
+    }
+    async fn list_environments(&self) -> Result<Listing<String, Keyring>, StoreError> {
+        self.inner.list_environments().await
+    }
+    async fn some_environments(&self, limit: u32) -> Result<Listing<String, Keyring>, StoreError> {
+        self.inner.some_environments(limit).await
     }
     async fn record(&self, key: &ItemKey) -> Result<Option<Versioned<ItemRecord>>, StoreError> {
         self.inner.record(key).await
@@ -88,7 +118,7 @@ impl Store for CrashingStore {
         self.write()?;
         self.inner.delete_record(key, expected).await
     }
-    async fn list_records(&self) -> Result<Vec<(ItemKey, Versioned<ItemRecord>)>, StoreError> {
+    async fn list_records(&self) -> Result<Listing<ItemKey, ItemRecord>, StoreError> {
         self.inner.list_records().await
     }
 }
@@ -105,15 +135,28 @@ fn uid(i: usize) -> String {
     format!("uid-{i}")
 }
 
-/// A store with a root key, an environment whose keys are an hour old, and records.
+/// Environments besides `NS`, with no records: a root key rotation re-wraps each.
+const OTHERS: [&str; 2] = ["team-a", "team-b"];
+
+/// Every environment of [`seeded`].
+fn all_namespaces() -> Vec<&'static str> {
+    let mut all = vec![NS];
+    all.extend(OTHERS);
+    all
+}
+
+/// A store with a root key, environments whose keys are an hour old (one Secret each),
+/// and records in `NS`.
 async fn seeded() -> MemoryStore {
     let store = MemoryStore::new();
     let root = RootKey::generate(1).expect("root");
     let hour_ago = unix_now() - 3600;
     let mut keyring = Keyring::new(&root, hour_ago);
-    keyring
-        .ensure_environment(&root, NS, hour_ago)
-        .expect("environment");
+    for ns in all_namespaces() {
+        keyring
+            .ensure_environment(&root, ns, hour_ago)
+            .expect("environment");
+    }
     let cipher = keyring.current_data_cipher(&root, NS).expect("cipher");
     for i in 0..RECORDS {
         let key = item(i);
@@ -139,10 +182,19 @@ async fn seeded() -> MemoryStore {
         store.put_record(&key, &record, None).await.expect("record");
     }
     store
-        .put_root_keys(&RootKeySet::new(root), None)
+        .put_root_keys(&RootKeySet::new(root, hour_ago), None)
         .await
         .expect("root keys");
-    store.put_keyring(&keyring, None).await.expect("keyring");
+    for (ns, one) in keyring.split() {
+        store
+            .put_environment(&ns, &one, None)
+            .await
+            .expect("environment");
+    }
+    store
+        .put_keyring_head(&KeyringHead::new(hour_ago), None)
+        .await
+        .expect("head");
     store
 }
 
@@ -152,16 +204,37 @@ async fn keys_over(store: &CrashingStore) -> Keys<CrashingStore> {
         .expect("bootstrap copes with every intermediate state")
 }
 
-/// Every record opens to its plaintext with the root key the store holds, and names a
-/// data key version the keyring still has.
+/// `namespace`'s keys as stored.
+async fn stored_keys(store: &MemoryStore, namespace: &str) -> Keyring {
+    store
+        .environment(namespace)
+        .await
+        .expect("read")
+        .expect("environment keys")
+        .value
+}
+
+async fn root_keys(store: &MemoryStore) -> RootKeySet {
+    store.root_keys().await.expect("read").expect("roots").value
+}
+
+/// Every environment opens with the root key it names, which the store holds; every
+/// record opens to its plaintext and names a data key version its environment still has.
 async fn assert_all_records_open(store: &MemoryStore) {
-    let roots = store.root_keys().await.expect("read").expect("roots").value;
-    let keyring = store.keyring().await.expect("read").expect("keyring").value;
-    let root = roots
-        .key(keyring.root_key_version)
-        .expect("root opens keyring");
-    keyring.check_root(&root).expect("right root");
-    let records = store.list_records().await.expect("list");
+    let roots = root_keys(store).await;
+    for ns in all_namespaces() {
+        let keyring = stored_keys(store, ns).await;
+        let root = roots
+            .key(keyring.root_key_version)
+            .unwrap_or_else(|e| panic!("{ns}: the root key it names is gone: {e}"));
+        keyring.check_root(&root).expect("right root");
+        keyring
+            .sealing_public_key(&root, ns)
+            .expect("its keys unwrap");
+    }
+    let keyring = stored_keys(store, NS).await;
+    let root = roots.key(keyring.root_key_version).expect("root");
+    let records = store.list_records().await.expect("list").items;
     assert_eq!(records.len(), RECORDS, "no record lost");
     let env = keyring.environment(NS).expect("env");
     for (i, (key, record)) in records.iter().enumerate() {
@@ -188,8 +261,64 @@ fn config() -> RotationConfig {
     RotationConfig {
         reencrypt_rate: 10_000,
         retire_grace: Duration::ZERO,
+        root_key_retire_grace: Duration::ZERO,
         ..RotationConfig::default()
     }
+}
+
+/// The cluster as a test states it: which namespaces exist (`None`: unknown), which root
+/// key versions stamps name, and rotation requests.
+#[derive(Default)]
+struct TestFacts {
+    live: Option<BTreeSet<String>>,
+    stamps: std::sync::Mutex<BTreeSet<u32>>,
+    stamps_unreadable: AtomicBool,
+    requests: BTreeMap<(String, KeyKind), i64>,
+}
+
+impl TestFacts {
+    fn stamped(versions: &[u32]) -> Self {
+        let facts = TestFacts::default();
+        facts.set_stamps(versions);
+        facts
+    }
+
+    fn set_stamps(&self, versions: &[u32]) {
+        *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = versions.iter().copied().collect();
+    }
+}
+
+impl ClusterFacts for TestFacts {
+    async fn rotation_requests(&self) -> Result<BTreeMap<(String, KeyKind), i64>, RotationError> {
+        Ok(self.requests.clone())
+    }
+    async fn live_namespaces(&self) -> Result<Option<BTreeSet<String>>, RotationError> {
+        Ok(self.live.clone())
+    }
+    async fn stamped_root_versions(&self) -> Result<BTreeSet<u32>, RotationError> {
+        if self.stamps_unreadable.load(Ordering::SeqCst) {
+            return Err(RotationError::Invalid {
+                what: "stamps",
+                reason: "the API server did not answer".into(),
+            });
+        }
+        Ok(self
+            .stamps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone())
+    }
+}
+
+fn facts() -> TestFacts {
+    TestFacts::default()
+}
+
+async fn rotate_root(
+    keys: &Keys<CrashingStore>,
+    trigger: Trigger,
+) -> Result<RootKeyState, RotationError> {
+    rotate_root_key(keys, &facts(), trigger, &config(), &Reporting::none()).await
 }
 
 fn request() -> Trigger {
@@ -259,24 +388,26 @@ fn a_request_applies_once_its_time_has_come_and_only_to_older_keys() {
 }
 
 #[tokio::test]
-async fn root_key_rotation_rewraps_the_keyring_and_leaves_records_untouched() {
+async fn root_key_rotation_rewraps_every_environment_and_leaves_records_untouched() {
     let memory = seeded().await;
     let before = memory.list_records().await.expect("list");
     let store = CrashingStore::new(&memory, None);
     let keys = keys_over(&store).await;
-    let policy = RotationPolicy::default();
-    let version = rotate_root_key(&keys, request(), &policy, &Reporting::none())
-        .await
-        .expect("rotate");
-    assert_eq!(version, 2);
-    let roots = memory
-        .root_keys()
-        .await
-        .expect("read")
-        .expect("roots")
-        .value;
+    let state = rotate_root(&keys, request()).await.expect("rotate");
+    assert_eq!(
+        state,
+        RootKeyState {
+            current: 2,
+            versions: vec![2],
+            grace_ends: None
+        }
+    );
+    let roots = root_keys(&memory).await;
     assert_eq!(roots.versions(), vec![2]);
     assert_eq!(roots.current(), 2);
+    for ns in all_namespaces() {
+        assert_eq!(stored_keys(&memory, ns).await.root_key_version, 2, "{ns}");
+    }
     assert_eq!(
         memory.list_records().await.expect("list"),
         before,
@@ -284,59 +415,46 @@ async fn root_key_rotation_rewraps_the_keyring_and_leaves_records_untouched() {
     );
     assert_all_records_open(&memory).await;
     // The same request again is done already; a scheduled check finds nothing due.
-    let again = rotate_root_key(&keys, request(), &policy, &Reporting::none())
-        .await
-        .expect("again");
-    assert_eq!(again, 2);
-    let scheduled = rotate_root_key(&keys, Trigger::Schedule, &policy, &Reporting::none())
+    assert_eq!(
+        rotate_root(&keys, request()).await.expect("again").current,
+        2
+    );
+    let scheduled = rotate_root(&keys, Trigger::Schedule)
         .await
         .expect("schedule");
-    assert_eq!(scheduled, 2);
+    assert_eq!(scheduled.versions, vec![2]);
     // The running Keys picked up the new root key.
-    keys.ensure_environment("other").await.expect("new env");
+    let other = keys.ensure_environment("other").await.expect("new env");
+    assert_eq!(other.root_key_version, 2);
 }
 
 #[tokio::test]
 async fn a_root_key_rotation_killed_after_any_write_finishes_on_restart() {
-    // Four writes make a root key rotation; crash after 0, 1, 2, 3 and 4 of them.
-    for crash_after in 0..=4 {
+    // A root key rotation writes: the new key, each environment, the switch, the removal.
+    let writes = 1 + all_namespaces().len() as i64 + 1 + 1;
+    for crash_after in 0..=writes {
         let memory = seeded().await;
         let at = unix_now();
         let first = CrashingStore::new(&memory, Some(crash_after));
         let keys = keys_over(&first).await;
-        let result = rotate_root_key(
-            &keys,
-            Trigger::Requested { at },
-            &RotationPolicy::default(),
-            &Reporting::none(),
-        )
-        .await;
+        let result = rotate_root(&keys, Trigger::Requested { at }).await;
         assert_eq!(
             result.is_err(),
             first.crashed(),
             "crash after {crash_after}"
         );
-        // Every intermediate state still opens every record.
+        // Every intermediate state still opens every environment and record.
         assert_all_records_open(&memory).await;
 
         // A new process, the same request.
         let second = CrashingStore::new(&memory, None);
         let keys = keys_over(&second).await;
-        let version = rotate_root_key(
-            &keys,
-            Trigger::Requested { at },
-            &RotationPolicy::default(),
-            &Reporting::none(),
-        )
-        .await
-        .expect("finishes");
-        let roots = memory
-            .root_keys()
+        let state = rotate_root(&keys, Trigger::Requested { at })
             .await
-            .expect("read")
-            .expect("roots")
-            .value;
-        assert_eq!(version, 2, "crash after {crash_after}");
+            .expect("finishes");
+        assert_eq!(state.current, 2, "crash after {crash_after}");
+        assert_eq!(state.versions, vec![2], "crash after {crash_after}");
+        let roots = root_keys(&memory).await;
         assert_eq!(roots.versions(), vec![2], "crash after {crash_after}");
         assert_eq!(roots.current(), 2);
         assert_all_records_open(&memory).await;
@@ -344,40 +462,136 @@ async fn a_root_key_rotation_killed_after_any_write_finishes_on_restart() {
 }
 
 #[tokio::test]
-async fn keys_cope_with_a_keyring_under_a_root_key_that_is_not_yet_current() {
+async fn keys_cope_with_environments_under_a_root_key_that_is_not_yet_current() {
     let memory = seeded().await;
-    // Steps 1 and 2 only: the keyring is under v2, the Secret still says v1 is current.
-    let store = CrashingStore::new(&memory, Some(2));
+    // Steps 1 and 2 only: every environment is under v2, the Secret still says v1.
+    let store = CrashingStore::new(&memory, Some(1 + all_namespaces().len() as i64));
     let keys = keys_over(&store).await;
-    assert!(
-        rotate_root_key(
-            &keys,
-            request(),
-            &RotationPolicy::default(),
-            &Reporting::none()
-        )
-        .await
-        .is_err()
-    );
-    let roots = memory
-        .root_keys()
-        .await
-        .expect("read")
-        .expect("roots")
-        .value;
-    let keyring = memory
-        .keyring()
-        .await
-        .expect("read")
-        .expect("keyring")
-        .value;
-    assert_eq!((roots.current(), keyring.root_key_version), (1, 2));
+    assert!(rotate_root(&keys, request()).await.is_err());
+    let roots = root_keys(&memory).await;
+    assert_eq!((roots.current(), roots.newest()), (1, 2));
+    assert_eq!(stored_keys(&memory, NS).await.root_key_version, 2);
+
+    // A new environment now is made under the current key, v1; every one opens.
     let fresh = keys_over(&CrashingStore::new(&memory, None)).await;
-    let keyring = fresh.ensure_environment("other").await.expect("env");
-    assert_eq!(keyring.root_key_version, 2);
-    // The process that lived through it too.
-    let old = keys_over(&CrashingStore::new(&memory, None)).await;
-    old.ensure_environment("third").await.expect("env");
+    let made = fresh.ensure_environment("other").await.expect("env");
+    assert_eq!(made.root_key_version, 1);
+    let root = fresh.root_for(&made).await.expect("its root");
+    made.sealing_public_key(&root, "other").expect("opens");
+    let keyring = fresh.keyring_for(NS).await.expect("keys");
+    let root = fresh.root_for(&keyring).await.expect("v2 is loaded");
+    keyring.sealing_public_key(&root, NS).expect("opens");
+
+    // Finishing the rotation takes the straggler along, and only then drops v1.
+    let state = rotate_root(&fresh, request()).await.expect("finish");
+    assert_eq!(state.versions, vec![2]);
+    assert_eq!(stored_keys(&memory, "other").await.root_key_version, 2);
+    assert_all_records_open(&memory).await;
+}
+
+#[tokio::test]
+async fn a_root_key_version_that_a_stamp_names_outlives_the_rotation() {
+    let memory = seeded().await;
+    let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+    // A monitor was stamped under v1 before the rotation.
+    let facts = TestFacts::stamped(&[1]);
+    let state = rotate_root_key(&keys, &facts, request(), &config(), &Reporting::none())
+        .await
+        .expect("rotate");
+    assert_eq!((state.current, state.versions.clone()), (2, vec![1, 2]));
+    assert_all_records_open(&memory).await;
+    // Its stamp still verifies: the key that signed it is there.
+    keys.root_key(1).await.expect("v1 still loads");
+
+    // The monitor is deleted (or re-applied, under v2): the next check removes v1.
+    facts.set_stamps(&[2]);
+    let state = rotate_root_key(
+        &keys,
+        &facts,
+        Trigger::Schedule,
+        &config(),
+        &Reporting::none(),
+    )
+    .await
+    .expect("check");
+    assert_eq!(state.versions, vec![2]);
+    assert!(keys.root_key(1).await.is_err(), "v1 is gone");
+}
+
+#[tokio::test]
+async fn old_root_keys_are_kept_when_stamps_cannot_be_listed_or_an_environment_cannot_be_read() {
+    let memory = seeded().await;
+    let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+    let facts = TestFacts::default();
+    facts.stamps_unreadable.store(true, Ordering::SeqCst);
+    let state = rotate_root_key(&keys, &facts, request(), &config(), &Reporting::none())
+        .await
+        .expect("rotate");
+    assert_eq!(state.versions, vec![1, 2], "no removal on a guess");
+
+    facts.stamps_unreadable.store(false, Ordering::SeqCst);
+    plant_corrupt_environment(&memory, "broken");
+    let state = rotate_root_key(
+        &keys,
+        &facts,
+        Trigger::Schedule,
+        &config(),
+        &Reporting::none(),
+    )
+    .await
+    .expect("check");
+    assert_eq!(
+        state.versions,
+        vec![1, 2],
+        "an environment Secret that cannot be read may be under v1"
+    );
+}
+
+#[tokio::test]
+async fn old_root_keys_outlive_the_retire_grace() {
+    let memory = seeded().await;
+    let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+    let patient = RotationConfig {
+        root_key_retire_grace: Duration::from_secs(3600),
+        ..config()
+    };
+    let state = rotate_root_key(&keys, &facts(), request(), &patient, &Reporting::none())
+        .await
+        .expect("rotate");
+    assert_eq!(state.versions, vec![1, 2]);
+    let since = root_keys(&memory).await.since().expect("dated");
+    assert_eq!(state.grace_ends, Some(since + 3600));
+}
+
+#[tokio::test]
+async fn every_replica_signs_with_the_new_root_key_within_one_reload_period() {
+    let memory = seeded().await;
+    let replica = Keys::bootstrap_with(
+        Arc::new(CrashingStore::new(&memory, None)),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("replica");
+    assert_eq!(replica.current_root().await.expect("root").version(), 1);
+    // Another process rotates; v1 stays for the grace.
+    let rotating = keys_over(&CrashingStore::new(&memory, None)).await;
+    let patient = RotationConfig {
+        root_key_retire_grace: Duration::from_secs(40),
+        ..config()
+    };
+    rotate_root_key(&rotating, &facts(), request(), &patient, &Reporting::none())
+        .await
+        .expect("rotate");
+    // Within the period the replica may still sign with v1, which is still there.
+    assert_eq!(replica.current_root().await.expect("root").version(), 1);
+    replica
+        .pretend_roots_loaded_ago(Duration::from_secs(31))
+        .await;
+    assert_eq!(
+        replica.current_root().await.expect("root").version(),
+        2,
+        "one reload period later it signs with the new key"
+    );
 }
 
 /// Rotates the data key and finishes; what an operator restart would do.
@@ -407,29 +621,19 @@ async fn data_key_rotation_reencrypts_every_record_and_destroys_the_old_key() {
             versions: vec![2]
         }
     );
-    for (_, record) in memory.list_records().await.expect("list") {
+    for (_, record) in memory.list_records().await.expect("list").items {
         assert_eq!(record.value.key_version, 2);
         assert!(record.value.fields["password"].starts_with("mv1.d.2."));
     }
     assert_all_records_open(&memory).await;
-    let keyring = memory
-        .keyring()
-        .await
-        .expect("read")
-        .expect("keyring")
-        .value;
+    let keyring = stored_keys(&memory, NS).await;
     assert_eq!(
         keyring.environment(NS).expect("env").data_keys[&2].encryptions,
         0,
         "counted in memory until the next flush"
     );
     keys.flush_encryption_counts().await.expect("flush");
-    let keyring = memory
-        .keyring()
-        .await
-        .expect("read")
-        .expect("keyring")
-        .value;
+    let keyring = stored_keys(&memory, NS).await;
     assert_eq!(
         keyring.environment(NS).expect("env").data_keys[&2].encryptions,
         RECORDS as u64
@@ -479,12 +683,7 @@ async fn racing_rotations_of_one_request_make_one_new_data_key() {
     assert_eq!(ra.current, 2);
     assert_eq!(rb.current, 2);
     assert_all_records_open(&memory).await;
-    let keyring = memory
-        .keyring()
-        .await
-        .expect("read")
-        .expect("keyring")
-        .value;
+    let keyring = stored_keys(&memory, NS).await;
     assert_eq!(
         keyring
             .environment(NS)
@@ -513,7 +712,7 @@ async fn old_data_keys_outlive_the_grace() {
         .expect("finish");
     assert_eq!(state.versions, vec![1, 2], "v1 kept during the grace");
     assert!(!state.finished());
-    for (_, record) in memory.list_records().await.expect("list") {
+    for (_, record) in memory.list_records().await.expect("list").items {
         assert_eq!(record.value.key_version, 2, "but nothing uses it");
     }
 }
@@ -581,12 +780,28 @@ async fn sealing_keys_rotate_once_per_request_and_are_pruned_after_the_retention
 async fn a_check_does_nothing_when_nothing_is_due() {
     let memory = seeded().await;
     let keys = keys_over(&CrashingStore::new(&memory, None)).await;
-    let before = memory.keyring().await.expect("read").expect("keyring");
-    check_once(&keys, None, None, &config(), &Reporting::none())
+    let versions = || {
+        let memory = memory.clone();
+        async move {
+            let mut all = vec![
+                memory
+                    .root_keys()
+                    .await
+                    .expect("read")
+                    .expect("roots")
+                    .resource_version,
+            ];
+            for (_, env) in memory.list_environments().await.expect("list").items {
+                all.push(env.resource_version);
+            }
+            all
+        }
+    };
+    let before = versions().await;
+    check_once(&keys, &facts(), None, &config(), &Reporting::none())
         .await
         .expect("check");
-    let after = memory.keyring().await.expect("read").expect("keyring");
-    assert_eq!(before.resource_version, after.resource_version);
+    assert_eq!(before, versions().await, "nothing was written");
     // With every period at zero, one check rotates everything and finishes.
     let eager = RotationConfig {
         policy: RotationPolicy {
@@ -597,18 +812,393 @@ async fn a_check_does_nothing_when_nothing_is_due() {
         },
         ..config()
     };
-    check_once(&keys, None, None, &eager, &Reporting::none())
+    check_once(&keys, &facts(), None, &eager, &Reporting::none())
         .await
         .expect("check");
     assert_all_records_open(&memory).await;
-    let keyring = memory
-        .keyring()
-        .await
-        .expect("read")
-        .expect("keyring")
-        .value;
+    let keyring = stored_keys(&memory, NS).await;
     assert_eq!(keyring.root_key_version, 2);
     let env = keyring.environment(NS).expect("env");
     assert_eq!(env.current_sealing_key, 2);
     assert!(env.current_data_key >= 2);
+}
+
+/// Replaces item `i`'s stored record with `change(record)`, as a hand edit or an older
+/// operator could have left it.
+async fn tamper(memory: &MemoryStore, i: usize, change: impl FnOnce(&mut ItemRecord)) {
+    let stored = memory
+        .record(&item(i))
+        .await
+        .expect("read")
+        .expect("record");
+    let mut record = stored.value.clone();
+    change(&mut record);
+    memory
+        .put_record(&item(i), &record, Some(&stored.resource_version))
+        .await
+        .expect("plant");
+}
+
+#[tokio::test]
+async fn retirement_goes_by_the_envelopes_not_by_the_records_own_version() {
+    let memory = seeded().await;
+    let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+    let config = config();
+    rotate_data_key(&keys, NS, request(), &config.policy, &Reporting::none())
+        .await
+        .expect("rotate");
+    // A record that says it is on the new key while its field is still on the old one.
+    tamper(&memory, 0, |record| record.key_version = 2).await;
+    let state = finish_data_key_rotation(&keys, NS, &config, false, &Reporting::none())
+        .await
+        .expect("finish");
+    assert_all_records_open(&memory).await;
+    assert_eq!(
+        state,
+        DataKeyState {
+            current: 2,
+            versions: vec![2]
+        },
+        "the field was moved first, then the old key destroyed"
+    );
+    let record = memory
+        .record(&item(0))
+        .await
+        .expect("read")
+        .expect("record");
+    assert!(record.value.fields["password"].starts_with("mv1.d.2."));
+}
+
+#[tokio::test]
+async fn a_record_whose_envelope_cannot_be_read_keeps_every_key_of_its_namespace() {
+    let memory = seeded().await;
+    let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+    let config = config();
+    rotate_data_key(&keys, NS, request(), &config.policy, &Reporting::none())
+        .await
+        .expect("rotate");
+    // A second field that is not an envelope at all: which key it needs is unknown.
+    tamper(&memory, 0, |record| {
+        record.key_version = 2;
+        record
+            .fields
+            .insert("value".into(), "not-an-envelope".into());
+    })
+    .await;
+    let state = finish_data_key_rotation(&keys, NS, &config, false, &Reporting::none())
+        .await
+        .expect("finish");
+    assert_eq!(
+        state.versions,
+        vec![1, 2],
+        "nothing is destroyed on a guess"
+    );
+    // Every other record moved on.
+    for (key, record) in memory.list_records().await.expect("list").items {
+        if key != item(0) {
+            assert!(
+                record.value.fields["password"].starts_with("mv1.d.2."),
+                "{key}"
+            );
+        }
+    }
+}
+
+/// Plants an environment Secret for `ns` whose JSON does not parse.
+fn plant_corrupt_environment(memory: &MemoryStore, ns: &str) {
+    use k8s_openapi::ByteString;
+    let root = RootKey::generate(1).expect("root");
+    let mut keyring = Keyring::new(&root, 0);
+    keyring.ensure_environment(&root, ns, 0).expect("env");
+    let mut secret = crate::store::layout::environment_secret(ns, &keyring).expect("secret");
+    secret.data = Some(BTreeMap::from([(
+        crate::store::layout::KEYRING_DATA.to_owned(),
+        ByteString(b"{not json".to_vec()),
+    )]));
+    memory.insert_raw(secret);
+}
+
+/// Plants a record Secret for `ns/name` whose JSON does not parse.
+fn plant_corrupt_record(memory: &MemoryStore, ns: &str, name: &str) {
+    use k8s_openapi::ByteString;
+    let key = ItemKey::new(ns, name);
+    let mut secret = crate::store::layout::record_secret(&key, &record_like()).expect("secret");
+    secret.data = Some(BTreeMap::from([(
+        crate::store::layout::RECORD_DATA.to_owned(),
+        ByteString(b"{not json".to_vec()),
+    )]));
+    memory.insert_raw(secret);
+}
+
+fn record_like() -> ItemRecord {
+    ItemRecord {
+        uid: "u".into(),
+        key_version: 1,
+        fields: BTreeMap::new(),
+        source_digest: String::new(),
+        generation: None,
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_record_elsewhere_stalls_nothing_and_one_here_keeps_this_namespaces_keys() {
+    let memory = seeded().await;
+    plant_corrupt_record(&memory, "elsewhere", "broken");
+    let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+    let state = data_rotation(&keys, unix_now()).await.expect("rotation");
+    assert_eq!(
+        state,
+        DataKeyState {
+            current: 2,
+            versions: vec![2]
+        },
+        "a record in another namespace does not hold this one up"
+    );
+    assert_all_records_open(&memory).await;
+
+    // One in this namespace could be on any key: the rotation moves every readable
+    // record but destroys no key.
+    let memory = seeded().await;
+    plant_corrupt_record(&memory, NS, "broken");
+    let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+    let state = data_rotation(&keys, unix_now()).await.expect("rotation");
+    assert_eq!(
+        state.versions,
+        vec![1, 2],
+        "v1 is kept for the unreadable record"
+    );
+    for (key, record) in memory.list_records().await.expect("list").items {
+        assert_eq!(record.value.key_version, 2, "{key} moved on");
+    }
+}
+
+/// Environments for the scale test: a namespace's keys take about 2 KB.
+const MANY: usize = 10_000;
+
+/// The real store costs one Secret of some 350 bytes (2 KB after a year of rotations) per
+/// environment, one paged list per check, and one write per environment per root key
+/// rotation; the in-memory store keeps the very same Secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_environments_still_rotate_prune_and_flush() {
+    let memory = seeded().await;
+    let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+    let team = |i: usize| format!("team-{i:05}");
+    for i in 0..MANY {
+        keys.ensure_environment(&team(i))
+            .await
+            .unwrap_or_else(|e| panic!("environment {i}: {e}"));
+    }
+    // The first hundred namespaces were deleted.
+    let gone = 100;
+    let mut live: BTreeSet<String> = (gone..MANY).map(team).collect();
+    live.extend(all_namespaces().into_iter().map(str::to_owned));
+    let facts = TestFacts {
+        live: Some(live),
+        ..TestFacts::default()
+    };
+    keys.count_encryptions(&team(4242), 7);
+    let eager = RotationConfig {
+        policy: RotationPolicy {
+            root_key_max_age: 0,
+            ..RotationPolicy::default()
+        },
+        deleted_namespace_grace: Duration::ZERO,
+        ..config()
+    };
+    check_once(&keys, &facts, None, &eager, &Reporting::none())
+        .await
+        .expect("first check");
+    let listing = memory.list_environments().await.expect("list");
+    assert_eq!(listing.items.len(), MANY + all_namespaces().len());
+    assert!(
+        listing
+            .items
+            .iter()
+            .all(|(_, env)| env.value.root_key_version == 2),
+        "every environment re-wrapped"
+    );
+    assert_eq!(root_keys(&memory).await.versions(), vec![2]);
+    let marked = listing
+        .items
+        .iter()
+        .filter(|(ns, env)| {
+            env.value
+                .environment(ns)
+                .is_ok_and(|e| e.orphaned_since.is_some())
+        })
+        .count();
+    assert_eq!(
+        marked, gone,
+        "the deleted namespaces are marked, not yet dropped"
+    );
+    let counted = stored_keys(&memory, &team(4242)).await;
+    let env = counted.environment(&team(4242)).expect("env");
+    assert_eq!(
+        env.data_keys[&env.current_data_key].encryptions, 7,
+        "flushed"
+    );
+
+    // The next check drops them (the grace is zero here), and counts for one of them are
+    // dropped with it rather than failing the flush.
+    keys.count_encryptions(&team(0), 3);
+    keys.count_encryptions(&team(4242), 1);
+    let prune_now = RotationConfig {
+        deleted_namespace_grace: Duration::ZERO,
+        ..config()
+    };
+    check_once(&keys, &facts, None, &prune_now, &Reporting::none())
+        .await
+        .expect("second check");
+    let listing = memory.list_environments().await.expect("list");
+    assert_eq!(listing.items.len(), MANY - gone + all_namespaces().len());
+    assert!(memory.environment(&team(0)).await.expect("read").is_none());
+    let counted = stored_keys(&memory, &team(4242)).await;
+    let env = counted.environment(&team(4242)).expect("env");
+    assert_eq!(env.data_keys[&env.current_data_key].encryptions, 8);
+    assert_all_records_open(&memory).await;
+}
+
+#[tokio::test]
+async fn a_split_of_the_old_keyring_killed_after_any_write_finishes_on_restart() {
+    use crate::store::layout;
+    let root = RootKey::generate(1).expect("root");
+    let mut old = Keyring::new(&root, 1234);
+    for ns in all_namespaces() {
+        old.ensure_environment(&root, ns, 1234).expect("env");
+    }
+    // One write per environment, the root key's date, the head.
+    let writes = all_namespaces().len() as i64 + 2;
+    for crash_after in 0..=writes {
+        let memory = MemoryStore::new();
+        let set = RootKeySet::new(
+            RootKey::from_bytes(1, root.expose_bytes()).expect("copy"),
+            0,
+        );
+        let mut secret = layout::root_key_secret(&set).expect("secret");
+        if let Some(data) = secret.0.data.as_mut() {
+            data.remove(layout::ROOT_KEY_SINCE);
+        }
+        memory.insert_raw(std::mem::take(&mut secret.0));
+        memory.insert_raw(layout::legacy_keyring_secret(&old).expect("old format"));
+
+        let first = CrashingStore::new(&memory, Some(crash_after));
+        let result = Keys::bootstrap(Arc::new(first.clone())).await;
+        assert_eq!(
+            result.is_err(),
+            first.crashed(),
+            "crash after {crash_after}"
+        );
+
+        let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+        let split: Vec<(String, Keyring)> = memory
+            .list_environments()
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|(ns, stored)| (ns, stored.value))
+            .collect();
+        assert_eq!(split, old.split(), "crash after {crash_after}");
+        assert_eq!(root_keys(&memory).await.since(), Some(1234));
+        assert!(matches!(
+            memory
+                .keyring_head()
+                .await
+                .expect("read")
+                .expect("head")
+                .value,
+            StoredKeyring::Head(_)
+        ));
+        for ns in all_namespaces() {
+            let keyring = keys.keyring_for(ns).await.expect("keys");
+            let root = keys.root_for(&keyring).await.expect("root");
+            keyring.sealing_public_key(&root, ns).expect("opens");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_that_comes_back_within_the_grace_keeps_its_keys() {
+    let memory = seeded().await;
+    let keys = keys_over(&CrashingStore::new(&memory, None)).await;
+    let without = |gone: &str| TestFacts {
+        live: Some(
+            all_namespaces()
+                .into_iter()
+                .filter(|ns| *ns != gone)
+                .map(str::to_owned)
+                .collect(),
+        ),
+        ..TestFacts::default()
+    };
+    let before = stored_keys(&memory, "team-a").await;
+    check_once(
+        &keys,
+        &without("team-a"),
+        None,
+        &config(),
+        &Reporting::none(),
+    )
+    .await
+    .expect("check");
+    let marked = stored_keys(&memory, "team-a").await;
+    assert!(
+        marked
+            .environment("team-a")
+            .expect("env")
+            .orphaned_since
+            .is_some()
+    );
+    // Within the (default, seven-day) grace nothing is dropped, however often it checks.
+    check_once(
+        &keys,
+        &without("team-a"),
+        None,
+        &config(),
+        &Reporting::none(),
+    )
+    .await
+    .expect("check");
+    assert!(memory.environment("team-a").await.expect("read").is_some());
+    // It comes back: unmarked, the very same keys.
+    check_once(
+        &keys,
+        &without("nobody"),
+        None,
+        &config(),
+        &Reporting::none(),
+    )
+    .await
+    .expect("check");
+    assert_eq!(stored_keys(&memory, "team-a").await, before);
+    // Unknown namespaces (no answer from the API server) drop nothing either.
+    let prune_now = RotationConfig {
+        deleted_namespace_grace: Duration::ZERO,
+        ..config()
+    };
+    check_once(&keys, &facts(), None, &prune_now, &Reporting::none())
+        .await
+        .expect("check");
+    assert_eq!(
+        memory.list_environments().await.expect("list").items.len(),
+        3
+    );
+    // A scoped operator touches only its own namespace's keys.
+    check_once(
+        &keys,
+        &without("team-b"),
+        Some(NS),
+        &prune_now,
+        &Reporting::none(),
+    )
+    .await
+    .expect("check");
+    assert_eq!(
+        stored_keys(&memory, "team-b")
+            .await
+            .environment("team-b")
+            .expect("env")
+            .orphaned_since,
+        None
+    );
 }
