@@ -162,7 +162,19 @@ async fn health_readiness_and_metrics_answer_and_metrics_hold_no_secret() {
     let admin = c.admin().await;
     let ns = c.temp_namespace("ops-endpoints").await;
     let store_ns = c.temp_namespace("ops-store").await;
-    let mut operator = replica(&store_ns, &ns, "replica-solo");
+    // Key gauges are refreshed by the rotation check: check every 2 s here, so the new
+    // environment shows within the wait.
+    let mut operator = Operator::start_with(
+        c,
+        &store_ns,
+        &ns,
+        &[
+            "--instance",
+            "replica-solo",
+            "--rotation-check-interval",
+            "2s",
+        ],
+    );
     let ops = operator.ops_addr().await;
 
     assert_eq!(http_get(ops, "/healthz").await.map(|r| r.0), Some(200));

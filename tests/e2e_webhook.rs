@@ -914,20 +914,23 @@ async fn attack_a1_a_sealed_value_copied_into_a_section_bob_may_use_opens_nothin
     w.c.assert_not_in_etcd(&[password.as_str()]);
 }
 
-/// What a server-side dry run of `password` over shop-login, as `client`, puts in
-/// `spec.sealed.password`.
-async fn dry_run_guess(w: &World, client: Client, guess: &str) -> String {
+/// A server-side dry run of `guess` over shop-login's password, as `client`: the sealed
+/// value that comes back, or the refusal's code and message.
+async fn dry_run_guess(w: &World, client: Client, guess: &str) -> Result<String, (u16, String)> {
     let items: Api<VaultItem> = Api::namespaced(client, &w.ns);
     let patch = Patch::Merge(json!({"spec": {"credentialSet": {"password": guess}}}));
-    let answer = items
+    match items
         .patch("shop-login", &PatchParams::default().dry_run(), &patch)
         .await
-        .expect("an editor may update items");
-    answer
-        .spec
-        .sealed_value(monivault::api::SecretField::Password)
-        .expect("sealed")
-        .to_owned()
+    {
+        Ok(answer) => Ok(answer
+            .spec
+            .sealed_value(monivault::api::SecretField::Password)
+            .expect("sealed")
+            .to_owned()),
+        Err(kube::Error::Api(status)) => Err((status.code, status.message)),
+        Err(other) => panic!("unexpected error {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -945,12 +948,23 @@ async fn attack_a2_mallory_cannot_test_guesses_of_a_password_with_dry_runs() {
     let mallory = w.as_user("mallory", &["dev"]).await;
     let right = dry_run_guess(&w, mallory.clone(), &w.login_password).await;
     let wrong = dry_run_guess(&w, mallory, "wrong-guess-a2").await;
-    // The right guess and a wrong one answer alike: a fresh seal, never the stored one.
-    assert_ne!(right, stored);
-    assert_ne!(wrong, stored);
-    // alice may use the item: her repeated apply keeps the stored value.
+    // The right guess and a wrong one answer alike: she may not replace the secret at all
+    // (it needs `use`), and the refusal is the same word for word.
+    let (code, message) = right.clone().expect_err("refused");
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("replace the secret"), "{message}");
+    assert_eq!(right, wrong);
+    // alice may use the item: her repeated apply keeps the stored value (no drift).
     let alice = w.as_user("alice", &[]).await;
-    assert_eq!(dry_run_guess(&w, alice, &w.login_password).await, stored);
+    assert_eq!(
+        dry_run_guess(&w, alice.clone(), &w.login_password).await,
+        Ok(stored.clone())
+    );
+    // ... and a new password of hers is sealed afresh.
+    let fresh_seal = dry_run_guess(&w, alice, "a-new-password-a2")
+        .await
+        .expect("allowed");
+    assert_ne!(fresh_seal, stored);
     // Nothing was written.
     let after = items.get("shop-login").await.expect("item");
     assert_eq!(
@@ -959,7 +973,11 @@ async fn attack_a2_mallory_cannot_test_guesses_of_a_password_with_dry_runs() {
             .sealed_value(monivault::api::SecretField::Password),
         Some(stored.as_str())
     );
-    w.c.assert_not_in_etcd(&[w.login_password.as_str(), "wrong-guess-a2"]);
+    w.c.assert_not_in_etcd(&[
+        w.login_password.as_str(),
+        "wrong-guess-a2",
+        "a-new-password-a2",
+    ]);
 }
 
 #[tokio::test]

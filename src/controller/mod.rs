@@ -56,6 +56,8 @@ pub enum Error {
     Crypto(#[from] CryptoError),
     #[error("the monitor cache stopped")]
     CacheClosed,
+    #[error("data key version {version} was retired while the record was written; ingesting again")]
+    DataKeyRetired { version: u32 },
     #[error("the monitor cache has not finished its first list after {0:?}; retrying")]
     CacheNotReady(std::time::Duration),
     #[error("another certificate archive is still being read after {0:?}; retrying")]
@@ -75,6 +77,7 @@ impl Error {
             Error::Crypto(_) => "crypto",
             Error::Finalizer(_) => "finalizer",
             Error::CacheClosed | Error::CacheNotReady(_) => "cache",
+            Error::DataKeyRetired { .. } => "key_retired",
             Error::ArchiveBusy(_) => "archive_busy",
         }
     }

@@ -23,7 +23,7 @@ use crate::api::template::referenced_items;
 use crate::api::vault_item::{
     CertificateInfo, FileInfo, ItemType, SecretField, VaultItem, VaultItemSpec, VaultItemStatus,
 };
-use crate::crypto::{ItemBinding, Keyring, RootKey, SealBinding};
+use crate::crypto::{ItemBinding, Keyring, Plaintext, RootKey, SealBinding};
 use crate::store::{ItemKey, ItemRecord, Store};
 
 pub const FINALIZER: &str = "monivault.io/store-record";
@@ -221,11 +221,10 @@ async fn ingest<S: Store>(
     let name = item.name_any();
     let keyring = ctx.keys.ensure_environment(namespace).await?;
     let root = ctx.keys.root_for(&keyring).await?;
-    let cipher = keyring.current_data_cipher(&root, namespace)?;
 
-    let mut fields = BTreeMap::new();
+    // Open every sealed value first.
+    let mut opened: Vec<(SecretField, Plaintext)> = Vec::new();
     let mut file = None;
-    let (mut archive, mut archive_password) = (None, None);
     for &field in item.spec.secret_fields() {
         let Some(sealed) = item.spec.sealed_value(field) else {
             if field.is_required() {
@@ -269,6 +268,41 @@ async fn ingest<S: Store>(
                 }
             }
         }
+        opened.push((field, plaintext));
+    }
+
+    // Then read the archive, which may take a while: before encrypting, so the data key
+    // is chosen after the slow part, as late as possible before the write.
+    let copy_of = |wanted: SecretField| {
+        opened
+            .iter()
+            .find(|(field, _)| *field == wanted)
+            .map(|(_, p)| Plaintext::new(p.expose().to_vec()))
+    };
+    let certificate = match copy_of(SecretField::Archive) {
+        Some(archive) => {
+            match certificate::read_archive(archive, copy_of(SecretField::ArchivePassword)).await {
+                Ok(info) => Some(info),
+                Err(certificate::CertificateError::ArchiveBusy) => {
+                    return Err(Error::ArchiveBusy(certificate::ARCHIVE_DEADLINE));
+                }
+                Err(e) => {
+                    return Ok(Err(NotReady {
+                        reason: e.archive_reason(),
+                        message: e.to_string(),
+                    }));
+                }
+            }
+        }
+        None => None,
+    };
+
+    // The current data key now, read afresh.
+    let keyring = ctx.keys.keyring_for(namespace).await?;
+    let root = ctx.keys.root_for(&keyring).await?;
+    let cipher = keyring.current_data_cipher(&root, namespace)?;
+    let mut fields = BTreeMap::new();
+    for (field, plaintext) in &opened {
         let item_binding = ItemBinding {
             namespace,
             item: &name,
@@ -279,27 +313,8 @@ async fn ingest<S: Store>(
             field.as_str().to_owned(),
             cipher.encrypt(&item_binding, plaintext.expose())?,
         );
-        match field {
-            SecretField::Archive => archive = Some(plaintext),
-            SecretField::ArchivePassword => archive_password = Some(plaintext),
-            _ => {}
-        }
     }
-    let certificate = match archive {
-        Some(archive) => match certificate::read_archive(archive, archive_password).await {
-            Ok(info) => Some(info),
-            Err(certificate::CertificateError::ArchiveBusy) => {
-                return Err(Error::ArchiveBusy(certificate::ARCHIVE_DEADLINE));
-            }
-            Err(e) => {
-                return Ok(Err(NotReady {
-                    reason: e.archive_reason(),
-                    message: e.to_string(),
-                }));
-            }
-        },
-        None => None,
-    };
+    drop(opened);
 
     let record = ItemRecord {
         uid: uid.to_owned(),
@@ -319,6 +334,17 @@ async fn ingest<S: Store>(
     // Counted for the 2^31 bound; the rotation check flushes it into the keyring.
     ctx.keys
         .count_encryptions(namespace, record.fields.len() as u64);
+    // A retirement whose record listing was taken just before this write may have destroyed
+    // the key it used: then the record no longer opens, and the next reconcile rebuilds it.
+    let after = ctx.keys.keyring_for(namespace).await?;
+    let still_there = after
+        .environment(namespace)
+        .is_ok_and(|env| env.data_keys.contains_key(&cipher.version()));
+    if !still_there {
+        return Err(Error::DataKeyRetired {
+            version: cipher.version(),
+        });
+    }
     tracing::info!(%key, key_version = cipher.version(), "stored item");
     ctx.metrics.ingested();
     Ok(Ok(Ingested {
