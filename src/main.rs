@@ -138,10 +138,27 @@ struct WebhookArgs {
     /// when given, and remove them again on shutdown. Needs the self-managed certificate.
     #[arg(long)]
     register_local_webhooks: bool,
+    /// Answer only callers that present a client certificate signed by this CA (PEM): the
+    /// API server, given one through an AdmissionConfiguration kubeConfigFile. Without it,
+    /// keep the webhook port reachable from the API server only (a NetworkPolicy).
+    #[arg(long, env = "MONIVAULT_WEBHOOK_CLIENT_CA_FILE")]
+    webhook_client_ca_file: Option<PathBuf>,
 }
 
 impl WebhookArgs {
-    fn settings(&self, namespace: &str, watch_namespace: Option<&str>) -> webhook::WebhookSettings {
+    fn settings(
+        &self,
+        namespace: &str,
+        watch_namespace: Option<&str>,
+    ) -> Result<webhook::WebhookSettings, CliError> {
+        let client_ca = match &self.webhook_client_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| CliError::Read {
+                what: "the webhook client CA",
+                path: path.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
         let tls = match (&self.tls_cert_file, &self.tls_key_file) {
             (Some(cert), Some(key)) => webhook::TlsSource::Files {
                 cert: cert.clone(),
@@ -152,7 +169,7 @@ impl WebhookArgs {
                 dns_names: self.webhook_dns_names.clone(),
             },
         };
-        webhook::WebhookSettings {
+        Ok(webhook::WebhookSettings {
             addr: self.webhook_addr,
             tls,
             configuration: self.webhook_configuration.clone(),
@@ -161,7 +178,8 @@ impl WebhookArgs {
             watch_namespace: watch_namespace.map(str::to_owned),
             limits: webhook::Limits::default(),
             metrics: None,
-        }
+            client_ca,
+        })
     }
 }
 
@@ -243,7 +261,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         let keys = Arc::new(Keys::bootstrap_with(store, reload).await?);
         let mut settings = args
             .webhook
-            .settings(&args.namespace, args.watch_namespace.as_deref());
+            .settings(&args.namespace, args.watch_namespace.as_deref())?;
         settings.metrics = Some(admission_metrics);
         let webhooks = webhook::start(client.clone(), keys.clone(), settings).await?;
         readiness.set_ready();

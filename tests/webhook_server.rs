@@ -628,3 +628,82 @@ async fn shutdown_lets_the_request_in_flight_finish_then_stops() {
     assert_eq!(response["uid"], UID);
     server.await.expect("server task").expect("server result");
 }
+
+/// A POST of a review over a TLS connection made with `config`: the HTTP status, or `None`
+/// if the server refused the connection (at the handshake or right after).
+async fn post_with(addr: SocketAddr, config: ClientConfig) -> Option<StatusCode> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let name = ServerName::try_from("localhost").expect("server name");
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(Route::MutateMonitors.path())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(review(UID, "shop"))))
+        .expect("request");
+    Some(sender.send_request(request).await.ok()?.status())
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_callers_with_its_certificate_are_answered() {
+    // The server's certificate, and a CA for the API server's client certificate.
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("server certificate");
+    let server_cert: CertificateDer<'static> = issued.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der()));
+    let certified =
+        rustls::sign::CertifiedKey::from_der(vec![server_cert.clone()], key, &provider())
+            .expect("certified key");
+    let resolver = Arc::new(rustls::sign::SingleCertAndKey::from(certified));
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let mut client_params =
+        rcgen::CertificateParams::new(vec!["kube-apiserver".to_owned()]).expect("params");
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = rcgen::KeyPair::generate().expect("client key");
+    let client = client_params
+        .signed_by(&client_key, &issuer)
+        .expect("client certificate");
+
+    let server = Server::bind(
+        "127.0.0.1:0".parse().expect("address"),
+        resolver.clone(),
+        Arc::new(TestAdmission::default()),
+        Limits::default(),
+    )
+    .await
+    .expect("bind")
+    .require_client_certificates(resolver, ca.pem().as_bytes())
+    .expect("client CA");
+    let addr = server.local_addr().expect("address");
+    let _serving = tokio::spawn(server.serve(std::future::pending()));
+
+    let mut roots = RootCertStore::empty();
+    roots.add(server_cert).expect("trust the server");
+    let builder = || {
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots.clone())
+    };
+    // A pod that reaches the port, with a forged review and no certificate: no answer.
+    assert_eq!(post_with(addr, builder().with_no_client_auth()).await, None);
+    // The API server with its client certificate: answered.
+    let with_cert = builder()
+        .with_client_auth_cert(
+            vec![client.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(client_key.serialize_der())),
+        )
+        .expect("client identity");
+    assert_eq!(post_with(addr, with_cert).await, Some(StatusCode::OK));
+}

@@ -111,6 +111,8 @@ pub enum ServeError {
     LocalAddr(#[source] std::io::Error),
     #[error("cannot build the webhook's TLS configuration")]
     Tls(#[source] rustls::Error),
+    #[error("the webhook client CA is unusable: {0}")]
+    ClientCa(String),
 }
 
 /// Live counts of what the server holds, for metrics and for tests that must know a
@@ -204,6 +206,43 @@ impl Server {
             tls: Arc::new(tls_config(certs)?),
             state: Arc::new(state),
         })
+    }
+
+    /// Answers only clients with a certificate signed by a CA of `ca_pem`: the API server,
+    /// configured to present one (an AdmissionConfiguration's kubeConfigFile). Without it,
+    /// anyone who can reach the port may post a review with any `userInfo`.
+    pub fn require_client_certificates(
+        mut self,
+        certs: Arc<dyn ResolvesServerCert>,
+        ca_pem: &[u8],
+    ) -> Result<Server, ServeError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            let cert = cert.map_err(|e| ServeError::ClientCa(e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| ServeError::ClientCa(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(ServeError::ClientCa("it holds no certificate".to_owned()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| ServeError::ClientCa(e.to_string()))?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(ServeError::Tls)?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(certs);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        self.tls = Arc::new(config);
+        Ok(self)
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, ServeError> {

@@ -52,6 +52,9 @@ pub struct WebhookSettings {
     pub watch_namespace: Option<String>,
     pub limits: Limits,
     pub metrics: Option<Arc<AdmissionMetrics>>,
+    /// PEM of the CA whose client certificates the API server presents; when set, callers
+    /// without one are refused at the TLS handshake.
+    pub client_ca: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +144,11 @@ pub async fn start<S: Store>(
         webhooks = webhooks.with_metrics(metrics);
     }
     let admission: Arc<dyn Admission> = Arc::new(webhooks);
-    let server = Server::bind(settings.addr, resolver, admission, settings.limits).await?;
+    let mut server =
+        Server::bind(settings.addr, resolver.clone(), admission, settings.limits).await?;
+    if let Some(ca) = &settings.client_ca {
+        server = server.require_client_certificates(resolver, ca)?;
+    }
     let addr = server.local_addr()?;
     let shutdown = stopped(stop_rx.clone());
     tasks.push(tokio::spawn(async move {
