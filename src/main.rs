@@ -323,8 +323,11 @@ async fn lead_and_control(
             let runner = monivault::runner::run(
                 client.clone(),
                 keys.clone(),
-                args.runner
-                    .settings(args.watch_namespace.clone(), args.instance.clone()),
+                args.runner.settings(
+                    args.watch_namespace.clone(),
+                    args.instance.clone(),
+                    args.namespace.clone(),
+                ),
                 Some(runner_metrics),
                 std::future::pending(),
             );

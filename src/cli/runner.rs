@@ -34,7 +34,12 @@ pub struct RunnerArgs {
 }
 
 impl RunnerArgs {
-    pub fn settings(&self, watch_namespace: Option<String>, instance: String) -> RunnerSettings {
+    pub fn settings(
+        &self,
+        watch_namespace: Option<String>,
+        instance: String,
+        store_namespace: String,
+    ) -> RunnerSettings {
         let mut resolve: HashMap<String, Vec<IpAddr>> = HashMap::new();
         for (host, address) in &self.runner_resolve {
             resolve.entry(host.clone()).or_default().push(*address);
@@ -49,6 +54,7 @@ impl RunnerArgs {
                 resolve,
             },
             runs_kept_per_monitor: self.runs_kept_per_monitor,
+            store_namespace: Some(store_namespace),
         }
     }
 }

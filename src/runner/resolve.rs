@@ -6,7 +6,11 @@
 //!
 //! Every failure names the item and what is wrong with it, never a value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
 
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store as Cache};
@@ -15,9 +19,10 @@ use super::hosts;
 use super::items::{ClientIdentity, OtpSeed, ResolvedItem, ResolvedItems};
 use super::tls::Trust;
 use crate::api::{ItemType, MonitorSpec, SecretField, VaultItem};
+use crate::crypto::Keyring;
 use crate::crypto::{ItemBinding, Plaintext, pkcs12};
 use crate::stamp::AuthorizedRefs;
-use crate::store::{ItemKey, Keys, Store};
+use crate::store::{ItemKey, ItemRecord, Keys, Store, layout};
 
 static ARCHIVE_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
@@ -68,10 +73,91 @@ pub struct Resolved {
     pub trust: Trust,
 }
 
+/// What resolution reads often, kept close: item records as a watch keeps them, and each
+/// environment's keyring for a few seconds. A record or keyring that does not open is read
+/// afresh from the store before anything is refused, so a cache never fails a check.
+#[derive(Default)]
+pub struct StoreCache {
+    /// The reflector of record Secrets, and the store's namespace they live in.
+    records: Option<(Cache<Secret>, String)>,
+    keyrings: Mutex<HashMap<String, (Instant, Keyring)>>,
+}
+
+/// How long a cached environment keyring is used before it is read again.
+const KEYRING_TTL: Duration = Duration::from_secs(10);
+
+impl StoreCache {
+    /// With record Secrets from `records`, a reflector over the item records in the store's
+    /// namespace.
+    pub fn new(records: Option<(Cache<Secret>, String)>) -> Self {
+        StoreCache {
+            records,
+            keyrings: Mutex::default(),
+        }
+    }
+
+    async fn keyring<S: Store>(
+        &self,
+        keys: &Keys<S>,
+        namespace: &str,
+        fresh: bool,
+    ) -> Result<Keyring, ResolveError> {
+        if !fresh {
+            let cached = self
+                .keyrings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(namespace)
+                .cloned();
+            if let Some((at, ring)) = cached
+                && at.elapsed() < KEYRING_TTL
+            {
+                return Ok(ring);
+            }
+        }
+        let ring = keys
+            .keyring_for(namespace)
+            .await
+            .map_err(|e| ResolveError::Keys(e.to_string()))?;
+        self.keyrings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(namespace.to_owned(), (Instant::now(), ring.clone()));
+        Ok(ring)
+    }
+
+    async fn record<S: Store>(
+        &self,
+        keys: &Keys<S>,
+        key: &ItemKey,
+        uid: &str,
+        fresh: bool,
+    ) -> Result<Option<ItemRecord>, ResolveError> {
+        if !fresh
+            && let Some((records, store_namespace)) = &self.records
+            && let Some(secret) = records
+                .get(&ObjectRef::new(&layout::record_secret_name(key)).within(store_namespace))
+            && let Ok((found, record)) = layout::parse_record(&secret)
+            && found == *key
+            && record.uid == uid
+        {
+            return Ok(Some(record));
+        }
+        Ok(keys
+            .store()
+            .record(key)
+            .await
+            .map_err(|e| ResolveError::Keys(e.to_string()))?
+            .map(|r| r.value)
+            .filter(|r| r.uid == uid))
+    }
+}
+
 /// Resolves the items `refs` authorizes for `spec` in `namespace`: items from `cache`,
-/// their secrets from the store.
+/// their secrets from the store (through `stored`).
 pub async fn resolve<S: Store>(
     keys: &Keys<S>,
+    stored: &StoreCache,
     cache: &Cache<VaultItem>,
     namespace: &str,
     spec: &MonitorSpec,
@@ -133,11 +219,12 @@ pub async fn resolve<S: Store>(
             }
         }
     }
-    let keys_error = |e: crate::store::KeyError| ResolveError::Keys(e.to_string());
-    let ring = keys.keyring_for(namespace).await.map_err(keys_error)?;
-    let root = keys.root_for(&ring).await.map_err(keys_error)?;
     for (item, uid) in with_secrets {
-        let opened = open_record(keys, &ring, &root, namespace, &item, &uid).await?;
+        // From the caches first; what does not open there is read again from the store.
+        let opened = match open_record(keys, stored, namespace, &item, &uid, false).await {
+            Ok(opened) => opened,
+            Err(_) => open_record(keys, stored, namespace, &item, &uid, true).await?,
+        };
         items.insert(resolved_item(&item, opened).await?);
     }
     Ok(Resolved { items, trust })
@@ -146,27 +233,29 @@ pub async fn resolve<S: Store>(
 /// The item's stored fields, opened.
 async fn open_record<S: Store>(
     keys: &Keys<S>,
-    ring: &crate::crypto::Keyring,
-    root: &crate::crypto::RootKey,
+    stored: &StoreCache,
     namespace: &str,
     item: &VaultItem,
     uid: &str,
+    fresh: bool,
 ) -> Result<BTreeMap<SecretField, Plaintext>, ResolveError> {
     let name = item.name_any();
     let key = ItemKey {
         namespace: namespace.to_owned(),
         name: name.clone(),
     };
-    let record = keys
-        .store()
-        .record(&key)
+    let ring = stored.keyring(keys, namespace, fresh).await?;
+    let root = keys
+        .root_for(&ring)
         .await
-        .map_err(|e| ResolveError::Keys(e.to_string()))?
-        .filter(|r| r.value.uid == uid)
+        .map_err(|e| ResolveError::Keys(e.to_string()))?;
+    let record = stored
+        .record(keys, &key, uid, fresh)
+        .await?
         .ok_or_else(|| ResolveError::NotStored { item: name.clone() })?;
     let mut opened = BTreeMap::new();
     for &field in item.spec.secret_fields() {
-        let Some(text) = record.value.fields.get(field.as_str()) else {
+        let Some(text) = record.fields.get(field.as_str()) else {
             continue;
         };
         let binding = ItemBinding {
@@ -175,12 +264,12 @@ async fn open_record<S: Store>(
             uid,
             field: field.as_str(),
         };
-        let plaintext = ring
-            .decrypt(root, &binding, text)
-            .map_err(|e| ResolveError::Unusable {
-                item: name.clone(),
-                reason: format!("its stored {} does not open: {e}", field.as_str()),
-            })?;
+        let plaintext =
+            ring.decrypt(&root, &binding, text)
+                .map_err(|e| ResolveError::Unusable {
+                    item: name.clone(),
+                    reason: format!("its stored {} does not open: {e}", field.as_str()),
+                })?;
         opened.insert(field, plaintext);
     }
     Ok(opened)

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -28,12 +29,12 @@ use super::check::run_check;
 use super::metrics::RunnerMetrics;
 use super::network::NetworkPolicy;
 use super::report::CheckReport;
-use super::resolve::{ResolveError, resolve};
+use super::resolve::{ResolveError, StoreCache, resolve};
 use super::schedule::{next_due, phase};
 use crate::api::condition::{ConditionStatus, READY, new_condition, set_condition};
 use crate::api::{Monitor, MonitorSpec, MonitorState, MonitorStatus, VaultItem};
 use crate::stamp::{AuthorizedRefs, StampError, verify};
-use crate::store::{Keys, Store};
+use crate::store::{Keys, Store, layout};
 
 /// The server-side apply field manager of every status the runner writes.
 pub const FIELD_MANAGER: &str = "monivault-runner";
@@ -54,6 +55,9 @@ pub struct RunnerSettings {
     pub network: NetworkPolicy,
     /// Finished MonitorRuns kept per monitor; older ones are deleted.
     pub runs_kept_per_monitor: usize,
+    /// The operator's namespace, where the store's records live (watched, so a check reads
+    /// its record from memory); `None` reads every record from the API server.
+    pub store_namespace: Option<String>,
 }
 
 impl Default for RunnerSettings {
@@ -64,6 +68,7 @@ impl Default for RunnerSettings {
             concurrency: 64,
             network: NetworkPolicy::default(),
             runs_kept_per_monitor: 10,
+            store_namespace: None,
         }
     }
 }
@@ -73,6 +78,7 @@ pub struct Runner<S> {
     pub(crate) client: Client,
     pub(crate) keys: Arc<Keys<S>>,
     pub(crate) items: Cache<VaultItem>,
+    pub(crate) stored: StoreCache,
     pub(crate) monitors: Cache<Monitor>,
     pub(crate) network: NetworkPolicy,
     pub(crate) permits: Semaphore,
@@ -129,7 +135,16 @@ impl<S: Store> Runner<S> {
         spec: &MonitorSpec,
         refs: AuthorizedRefs,
     ) -> Execution {
-        let resolved = match resolve(&self.keys, &self.items, namespace, spec, &refs).await {
+        let resolved = match resolve(
+            &self.keys,
+            &self.stored,
+            &self.items,
+            namespace,
+            spec,
+            &refs,
+        )
+        .await
+        {
             Ok(resolved) => resolved,
             Err(e) => return refused_by_resolution(e),
         };
@@ -450,6 +465,30 @@ pub async fn run<S: Store>(
         .default_backoff(),
     )
     .for_each(|_| futures::future::ready(()));
+    // The item records, watched: a check reads its record from memory.
+    let (record_cache, record_watch) = match settings.store_namespace.clone() {
+        Some(store_namespace) => {
+            let (records, writer) = reflector::store::<Secret>();
+            let api: Api<Secret> = Api::namespaced(client.clone(), &store_namespace);
+            let watch = reflector::reflector(
+                writer,
+                watcher(
+                    api,
+                    watcher::Config::default().labels(&layout::record_selector()),
+                )
+                .default_backoff(),
+            )
+            .for_each(|_| futures::future::ready(()));
+            (
+                Some((records, store_namespace)),
+                futures::future::Either::Left(watch),
+            )
+        }
+        None => (
+            None,
+            futures::future::Either::Right(std::future::pending::<()>()),
+        ),
+    };
     let (monitors, monitor_writer) = reflector::store::<Monitor>();
     let monitor_events = reflector::reflector(
         monitor_writer,
@@ -470,6 +509,7 @@ pub async fn run<S: Store>(
         client: client.clone(),
         keys,
         items,
+        stored: StoreCache::new(record_cache),
         monitors,
         network: settings.network.clone(),
         permits: Semaphore::new(settings.concurrency.max(1)),
@@ -481,6 +521,7 @@ pub async fn run<S: Store>(
     let runs = super::runs::run(runner.clone());
     tokio::select! {
         () = item_cache => tracing::error!("the runner's item cache stopped"),
+        () = record_watch => tracing::error!("the runner's record cache stopped"),
         () = schedule(runner.clone(), monitor_events) => {},
         () = runs => {},
         () = shutdown => {},
