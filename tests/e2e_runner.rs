@@ -85,6 +85,11 @@ impl World {
         let ns = c.temp_namespace(prefix).await;
         let store_ns = c.temp_namespace(&format!("{prefix}-store")).await;
         let op = Operator::start_with_webhooks(c, &store_ns, &ns);
+        World::around(c, ns, op, admin).await
+    }
+
+    /// The section and the CA item in `ns`, behind the running `op`.
+    async fn around(c: &'static Cluster, ns: String, op: Operator, admin: Client) -> World {
         let world = World { c, ns, op, admin };
         let sections: Api<VaultSection> = world.api();
         let section = serde_json::from_value(json!({
@@ -547,22 +552,7 @@ async fn a_monitor_written_past_the_webhook_sends_no_request_until_it_is_applied
         .expect("the API server stores it");
     let store_ns = c.temp_namespace("run-bypass-store").await;
     let op = Operator::start_with_webhooks(c, &store_ns, &ns);
-    let w = World { c, ns, op, admin };
-    let sections: Api<VaultSection> = w.api();
-    let section = serde_json::from_value(json!({
-        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultSection",
-        "metadata": {"name": "checkout"}, "spec": {},
-    }))
-    .expect("section");
-    sections
-        .create(&PostParams::default(), &section)
-        .await
-        .expect("section");
-    w.item(
-        json!({"metadata": {"name": "test-ca"}, "spec": {"type": "Certificate",
-        "section": "checkout", "certificate": {"pem": pem(&PKI.ca)}}}),
-    )
-    .await;
+    let w = World::around(c, ns, op, admin).await;
     let token = fresh("run-bypass-token");
     w.item(
         json!({"metadata": {"name": "token"}, "spec": {"type": "Secret",
@@ -727,27 +717,7 @@ async fn a_follower_resumes_the_schedule_when_the_leader_dies() {
     let mut leader_args = vec!["--instance", "first"];
     leader_args.extend(lease);
     let first = Operator::start_with_webhooks_and(c, &store_ns, &ns, &leader_args);
-    let w = World {
-        c,
-        ns: ns.clone(),
-        op: first,
-        admin: admin.clone(),
-    };
-    let sections: Api<VaultSection> = w.api();
-    let section = serde_json::from_value(json!({
-        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultSection",
-        "metadata": {"name": "checkout"}, "spec": {},
-    }))
-    .expect("section");
-    sections
-        .create(&PostParams::default(), &section)
-        .await
-        .expect("section");
-    w.item(
-        json!({"metadata": {"name": "test-ca"}, "spec": {"type": "Certificate",
-        "section": "checkout", "certificate": {"pem": pem(&PKI.ca)}}}),
-    )
-    .await;
+    let w = World::around(c, ns.clone(), first, admin.clone()).await;
     let token = fresh("run-failover-token");
     w.item(
         json!({"metadata": {"name": "token"}, "spec": {"type": "Secret",
