@@ -26,14 +26,7 @@ use monivault::crypto::Plaintext;
 use monivault::runner::OtpSeed;
 use serde_json::{Value, json};
 use servers::{PKI, Reply, Seen, handler, http, https, ok, redirect, status};
-use support::{Cluster, Operator, cluster, eventually, stderr};
-
-/// A value no earlier run wrote: etcd and the logs outlive a test run.
-fn fresh(prefix: &str) -> String {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("random");
-    format!("{prefix}-{:016x}", u64::from_le_bytes(bytes))
-}
+use support::{Cluster, Operator, cluster, eventually, fresh, stderr};
 
 /// Every form a secret could leak in: as is, base64 (both alphabets, padded or not),
 /// percent-encoded and JSON-escaped.

@@ -29,15 +29,9 @@ use monivault::store::Keys;
 use monivault::store::SecretStore;
 use serde_json::{Value, json};
 use support::{
-    Cluster, Operator, cluster, eventually, http_get, https_post, ready_condition, stderr, stdout,
+    Cluster, Operator, cluster, eventually, fresh, http_get, https_post, ready_condition, stderr,
+    stdout,
 };
-
-/// A value no earlier run wrote: the audit log and etcd outlive a test run.
-fn fresh(prefix: &str) -> String {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("random");
-    format!("{prefix}-{:016x}", u64::from_le_bytes(bytes))
-}
 
 /// A namespace with the shop's section, items and monitor, behind a running operator with
 /// its webhooks registered.

@@ -283,6 +283,13 @@ fn path_str(path: &Path) -> Result<&str, String> {
         .ok_or_else(|| format!("{} is not UTF-8", path.display()))
 }
 
+/// A value no earlier run wrote: etcd, the audit log and the logs outlive a test run.
+pub fn fresh(prefix: &str) -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("random");
+    format!("{prefix}-{:016x}", u64::from_le_bytes(bytes))
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
