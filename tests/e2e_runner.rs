@@ -156,49 +156,19 @@ impl World {
     /// its Events, the operator's log or etcd.
     async fn assert_no_leak(&self, secrets: &[&str]) {
         let mut texts = Vec::new();
-        let monitors: Vec<Monitor> = self
-            .api()
-            .list(&ListParams::default())
-            .await
-            .expect("monitors")
-            .items;
         texts.extend(
-            monitors
-                .iter()
-                .map(|m| serde_json::to_string(&m.status).expect("json")),
+            self.texts::<Monitor>(|m| serde_json::to_string(&m.status))
+                .await,
         );
-        let runs: Vec<MonitorRun> = self
-            .api()
-            .list(&ListParams::default())
-            .await
-            .expect("runs")
-            .items;
         texts.extend(
-            runs.iter()
-                .map(|r| serde_json::to_string(&r.status).expect("json")),
+            self.texts::<MonitorRun>(|r| serde_json::to_string(&r.status))
+                .await,
         );
-        let items: Vec<VaultItem> = self
-            .api()
-            .list(&ListParams::default())
-            .await
-            .expect("items")
-            .items;
         texts.extend(
-            items
-                .iter()
-                .map(|i| serde_json::to_string(&i.status).expect("json")),
+            self.texts::<VaultItem>(|i| serde_json::to_string(&i.status))
+                .await,
         );
-        let events: Vec<Event> = self
-            .api()
-            .list(&ListParams::default())
-            .await
-            .expect("events")
-            .items;
-        texts.extend(
-            events
-                .iter()
-                .map(|e| serde_json::to_string(e).expect("json")),
-        );
+        texts.extend(self.texts::<Event>(serde_json::to_string).await);
         texts.push(self.op.stderr());
         let dump = self.c.etcd_dump();
         for secret in secrets {
@@ -209,6 +179,27 @@ impl World {
                 assert!(!dump.contains(&form), "a form of a secret is in etcd");
             }
         }
+    }
+}
+
+impl World {
+    /// `text` of every object of kind `K` in the namespace.
+    async fn texts<K>(&self, text: impl Fn(&K) -> serde_json::Result<String>) -> Vec<String>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        self.api::<K>()
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .map(|object| text(object).expect("json"))
+            .collect()
     }
 }
 

@@ -469,6 +469,20 @@ mod tests {
     use crate::store::layout;
     use crate::store::{ItemKey, ItemRecord, MemoryStore};
 
+    /// Stores `root` as version 1 of the root key set.
+    async fn store_root(store: &MemoryStore, root: &RootKey) {
+        store
+            .put_root_keys(
+                &RootKeySet::new(
+                    RootKey::from_bytes(1, root.expose_bytes()).expect("copy"),
+                    0,
+                ),
+                None,
+            )
+            .await
+            .expect("roots");
+    }
+
     /// A keyring of the one-Secret format with `namespaces`, under `root`.
     fn old_keyring(root: &RootKey, namespaces: &[&str]) -> Keyring {
         let mut keyring = Keyring::new(root, 1234);
@@ -545,16 +559,7 @@ mod tests {
     async fn a_split_never_overwrites_keys_already_split() {
         let store = MemoryStore::new();
         let root = RootKey::generate(1).expect("root");
-        store
-            .put_root_keys(
-                &RootKeySet::new(
-                    RootKey::from_bytes(1, root.expose_bytes()).expect("copy"),
-                    0,
-                ),
-                None,
-            )
-            .await
-            .expect("roots");
+        store_root(&store, &root).await;
         let old = old_keyring(&root, &["shop", "team-a"]);
         store.insert_raw(layout::legacy_keyring_secret(&old).expect("secret"));
         // An earlier attempt split `shop` and its sealing key has rotated since.
@@ -639,16 +644,7 @@ mod tests {
         // Environment Secrets exist but the head is gone.
         let store = MemoryStore::new();
         let root = RootKey::generate(1).expect("root");
-        store
-            .put_root_keys(
-                &RootKeySet::new(
-                    RootKey::from_bytes(1, root.expose_bytes()).expect("copy"),
-                    0,
-                ),
-                None,
-            )
-            .await
-            .expect("roots");
+        store_root(&store, &root).await;
         let (ns, one) = old_keyring(&root, &["shop"]).split().remove(0);
         store.put_environment(&ns, &one, None).await.expect("env");
         let message = refusal(store).await;
