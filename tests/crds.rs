@@ -100,6 +100,127 @@ fn rules_of(schema: &Value, path: &str, out: &mut Vec<(String, String, String)>)
     }
 }
 
+/// Every schema node under `schema`, with its JSON path: properties, array items and map
+/// values.
+fn schema_nodes<'a>(schema: &'a Value, path: &str, out: &mut Vec<(String, &'a Value)>) {
+    out.push((path.to_owned(), schema));
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (name, sub) in props {
+            schema_nodes(sub, &format!("{path}.{name}"), out);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        schema_nodes(items, &format!("{path}[]"), out);
+    }
+    if let Some(values) = schema.get("additionalProperties").filter(|v| v.is_object()) {
+        schema_nodes(values, &format!("{path}{{}}"), out);
+    }
+}
+
+/// Every property of every CRD (a named field, not an array item or map value).
+fn all_properties() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for crd in api::crds() {
+        let schema = crd_schema(&crd);
+        let mut nodes = Vec::new();
+        schema_nodes(&schema, &crd.spec.names.kind, &mut nodes);
+        out.extend(
+            nodes
+                .into_iter()
+                .filter(|(path, _)| path.ends_with(|c: char| c.is_alphanumeric()))
+                .filter(|(path, _)| path.contains('.'))
+                .map(|(path, node)| (path, node.clone())),
+        );
+    }
+    out
+}
+
+#[test]
+fn every_property_is_described() {
+    let properties = all_properties();
+    // A guard against a walk that finds nothing: the four CRDs have well over 100.
+    assert!(
+        properties.len() > 100,
+        "found {} properties",
+        properties.len()
+    );
+    let undescribed: Vec<_> = properties
+        .iter()
+        .filter(|(_, node)| {
+            node.get("description")
+                .and_then(Value::as_str)
+                .is_none_or(|d| d.trim().is_empty())
+        })
+        .map(|(path, _)| path.as_str())
+        .collect();
+    assert!(
+        undescribed.is_empty(),
+        "properties without a description (add a doc comment to the Rust field): {undescribed:?}"
+    );
+}
+
+/// Whether kube-apiserver knows `format` for a node of this `type`, as
+/// `GetUnrecognizedFormats` in k8s.io/apiextensions-apiserver (validation/formats.go)
+/// decides; an unknown one is a warning on every install.
+fn kubernetes_knows_format(node_type: Option<&str>, format: &str) -> bool {
+    const STRING_FORMATS: &[&str] = &[
+        "bsonobjectid",
+        "uri",
+        "email",
+        "hostname",
+        "ipv4",
+        "ipv6",
+        "cidr",
+        "mac",
+        "uuid",
+        "uuid3",
+        "uuid4",
+        "uuid5",
+        "isbn",
+        "isbn10",
+        "isbn13",
+        "creditcard",
+        "ssn",
+        "hexcolor",
+        "rgbcolor",
+        "byte",
+        "password",
+        "date",
+        "duration",
+        "datetime",
+        "k8sshortname",
+        "k8slongname",
+    ];
+    match node_type {
+        None | Some("string") => STRING_FORMATS.contains(&format.replace('-', "").as_str()),
+        Some("integer") => matches!(format, "int32" | "int64"),
+        Some("number") => matches!(format, "float" | "double"),
+        Some(_) => false,
+    }
+}
+
+#[test]
+fn every_format_is_one_kubernetes_knows() {
+    let mut formats = 0;
+    for crd in api::crds() {
+        let schema = crd_schema(&crd);
+        let mut nodes = Vec::new();
+        schema_nodes(&schema, &crd.spec.names.kind, &mut nodes);
+        for (path, node) in nodes {
+            if let Some(format) = node.get("format").and_then(Value::as_str) {
+                formats += 1;
+                let node_type = node.get("type").and_then(Value::as_str);
+                assert!(
+                    kubernetes_knows_format(node_type, format),
+                    "{path} has format {format:?} on type {node_type:?}, which the API server \
+                     does not know and warns about on every install"
+                );
+            }
+        }
+    }
+    assert!(formats > 0, "the walk found no format at all");
+}
+
 fn crd_schema(crd: &CustomResourceDefinition) -> Value {
     let schema = crd.spec.versions[0]
         .schema

@@ -29,6 +29,8 @@ pub mod template;
 pub mod vault_item;
 pub mod vault_section;
 
+mod schema_formats;
+
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
@@ -74,12 +76,16 @@ pub enum ApiError {
 
 /// The CRDs of every monivault resource, sections first (items refer to them).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    let mut crds = vec![
         VaultSection::crd(),
         VaultItem::crd(),
         Monitor::crd(),
         MonitorRun::crd(),
-    ]
+    ];
+    for crd in &mut crds {
+        schema_formats::use_kubernetes_formats(crd);
+    }
+    crds
 }
 
 /// What `monivault crds` prints and `crds/monivault.yaml` holds: every CRD, as YAML

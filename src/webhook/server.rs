@@ -46,7 +46,7 @@ use kube::core::Status;
 use kube::core::admission::AdmissionResponse;
 use rustls::server::{ResolvesServerCert, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -286,7 +286,7 @@ impl Server {
             let accept = async {
                 // Past the cap, leave new connections in the kernel's backlog.
                 let permit = Arc::clone(&connection_slots).acquire_owned().await;
-                (permit, listener.accept().await)
+                (permit, accept_connection(&listener).await)
             };
             tokio::select! {
                 biased;
@@ -434,6 +434,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FirstRead<S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+/// Accepts one connection with `TCP_NODELAY` set. Without it, Nagle's algorithm holds the
+/// end of a TLS response until the API server's delayed ACK (up to 40 ms per call).
+async fn accept_connection(listener: &TcpListener) -> std::io::Result<(TcpStream, SocketAddr)> {
+    let (stream, peer) = listener.accept().await?;
+    stream.set_nodelay(true)?;
+    Ok((stream, peer))
 }
 
 /// Binds nothing: serves `listener` until `shutdown`. See [`Server`] to learn the bound
@@ -683,6 +691,17 @@ mod tests {
 
     fn far() -> Instant {
         Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_send_without_waiting_for_an_ack() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(TcpStream::connect(addr));
+        let (stream, _) = accept_connection(&listener).await.unwrap();
+        client.await.unwrap().unwrap();
+        // A fresh socket has Nagle's algorithm on: this is the accept path's doing.
+        assert!(stream.nodelay().unwrap(), "TCP_NODELAY is set");
     }
 
     #[test]

@@ -118,7 +118,7 @@ pub async fn start<S: Store>(
             let mut config = if dns_names.is_empty() {
                 SelfManagedConfig::in_cluster(tls::WEBHOOK_SERVICE, &settings.namespace)
             } else {
-                SelfManagedConfig::for_names(dns_names.clone(), Vec::new())
+                SelfManagedConfig::for_subject_names(dns_names)
             };
             if settings.register_local {
                 let local = SelfManagedConfig::local();

@@ -373,20 +373,28 @@ impl Operator {
 
     /// With more `monivault run` arguments, e.g. `--instance`.
     pub fn start_with(c: &Cluster, store_ns: &str, watch_ns: &str, extra: &[&str]) -> Operator {
+        let mut args = vec![
+            "run",
+            "--namespace",
+            store_ns,
+            "--watch-namespace",
+            watch_ns,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--webhook-addr",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Operator::spawn(&args, c.var("KUBECONFIG"), &[])
+    }
+
+    /// `monivault` with exactly these arguments, this kubeconfig and these extra
+    /// environment variables.
+    pub fn spawn(args: &[&str], kubeconfig: &str, env: &[(&str, &str)]) -> Operator {
         let mut child = Command::new(env!("CARGO_BIN_EXE_monivault"))
-            .args([
-                "run",
-                "--namespace",
-                store_ns,
-                "--watch-namespace",
-                watch_ns,
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--webhook-addr",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
-            .env("KUBECONFIG", c.var("KUBECONFIG"))
+            .args(args)
+            .envs(env.iter().copied())
+            .env("KUBECONFIG", kubeconfig)
             // Test targets listen on loopback under these names (see RUNNER_HOSTS).
             .env("MONIVAULT_RUNNER_ALLOW_INTERNAL", "true")
             .env("MONIVAULT_RUNNER_RESOLVE", runner_resolve())

@@ -82,6 +82,20 @@ impl SelfManagedConfig {
         )
     }
 
+    /// For the names that `--webhook-dns-name` gives: an IP address (e.g. `127.0.0.1` of a
+    /// `webhook.url` that names one) becomes an IP subject name, since the API server checks
+    /// an address against those only.
+    pub fn for_subject_names(names: &[String]) -> Self {
+        let (ips, dns): (Vec<_>, Vec<_>) = names
+            .iter()
+            .map(|name| name.parse::<IpAddr>().map_err(|_| name.clone()))
+            .partition(Result::is_ok);
+        SelfManagedConfig::for_names(
+            dns.into_iter().filter_map(Result::err).collect(),
+            ips.into_iter().filter_map(Result::ok).collect(),
+        )
+    }
+
     /// The defaults (7-day serving certificates, a 10-year CA, re-read every minute) for
     /// these names.
     pub fn for_names(dns_names: Vec<String>, ip_addresses: Vec<IpAddr>) -> Self {

@@ -449,3 +449,20 @@ async fn wait_for(resolver: &CertResolver, material: &TlsMaterial) {
     }
     panic!("the watcher never served the expected certificate");
 }
+
+#[test]
+fn an_address_among_the_webhook_names_becomes_an_ip_subject_name() {
+    let config = self_managed::SelfManagedConfig::for_subject_names(&[
+        "127.0.0.1".to_owned(),
+        "monivault-webhook.ops.svc".to_owned(),
+        "::1".to_owned(),
+    ]);
+    assert_eq!(config.dns_names, ["monivault-webhook.ops.svc"]);
+    assert_eq!(
+        config.ip_addresses,
+        [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        ]
+    );
+}

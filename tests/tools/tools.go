@@ -1,0 +1,8 @@
+//go:build tools
+
+package tools
+
+import (
+	_ "github.com/google/go-containerregistry/cmd/crane"
+	_ "helm.sh/helm/v4/cmd/helm"
+)
