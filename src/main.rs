@@ -46,6 +46,15 @@ enum Command {
     /// for a cluster install, calling the operator through a Service. With the
     /// self-managed certificate, `monivault run` fills in their caBundle itself.
     Webhooks(WebhooksArgs),
+    /// Whether a user may use a vault item, and through what: the item, or its section.
+    /// Exits 0 if allowed, 1 if not, 2 if it cannot tell.
+    CanUse(cli::plugin::can_use::CanUseArgs),
+    /// Per environment: key versions current and held, re-encryption left, items not
+    /// Ready, the last rotation. Reads the operator's store (operators only).
+    Status(cli::plugin::status::StatusArgs),
+    /// Test Now: run a saved monitor once, wait, print the scrubbed result. Exits 0 if it
+    /// passed, 1 if it failed or was refused, 2 if it cannot tell.
+    TestNow(cli::plugin::test_now::TestNowArgs),
 }
 
 #[derive(clap::Args)]
@@ -53,7 +62,8 @@ struct WebhooksArgs {
     /// The configurations' name; `monivault run --webhook-configuration` must match.
     #[arg(long, default_value = "monivault")]
     name: String,
-    /// The namespace of the Service in front of the operator.
+    /// The operator's namespace, where the Service in front of it runs. No webhook covers
+    /// it, nor kube-system.
     #[arg(long, default_value = "monivault-system")]
     service_namespace: String,
     /// The Service in front of the operator's webhook port.
@@ -62,6 +72,10 @@ struct WebhooksArgs {
     /// The Service's port.
     #[arg(long, default_value_t = 443)]
     service_port: i32,
+    /// Call the operator at this base URL instead of through the Service (each webhook's
+    /// path is appended), e.g. when it runs outside the cluster: the chart's `webhook.url`.
+    #[arg(long, conflicts_with_all = ["service_name", "service_port"])]
+    url: Option<String>,
     /// A PEM file of the CA that signs the serving certificate (e.g. cert-manager's);
     /// leave out with the self-managed certificate.
     #[arg(long)]
@@ -69,6 +83,10 @@ struct WebhooksArgs {
     /// Limit the webhooks to these namespaces (repeat, or comma-separate).
     #[arg(long = "only-namespace", value_delimiter = ',')]
     only_namespaces: Vec<String>,
+    /// How long the API server waits for an answer, in seconds.
+    #[arg(long, default_value_t = webhook::registration::DEFAULT_TIMEOUT_SECONDS,
+        value_parser = clap::value_parser!(i32).range(1..=30))]
+    timeout_seconds: i32,
 }
 
 #[derive(clap::Args)]
@@ -92,6 +110,10 @@ struct RunArgs {
     /// How often the leader renews the Lease, in seconds; less than the duration.
     #[arg(long, env = "MONIVAULT_LEASE_RENEW_SECONDS", default_value_t = 5)]
     lease_renew_seconds: u64,
+    /// How long shutdown may take after SIGTERM or Ctrl-C before the process exits anyway
+    /// (status 1): a reconcile that hangs, or a cache that never filled, cannot hold it.
+    #[arg(long, env = "MONIVAULT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = api::duration::parse_period)]
+    shutdown_timeout: Duration,
     #[command(flatten)]
     rotation: controller::rotation::RotationArgs,
     #[command(flatten)]
@@ -226,8 +248,14 @@ fn default_instance() -> String {
 
 fn main() -> ExitCode {
     monivault::telemetry::init();
-    let cli = Cli::parse();
+    // Run as `kubectl-monivault` (kubectl's plugin), it calls itself `kubectl monivault`.
+    let cli: Cli = cli::plugin::parse(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
+        Command::CanUse(args) => return cli::plugin::run_command(cli::plugin::can_use::run(args)),
+        Command::Status(args) => return cli::plugin::run_command(cli::plugin::status::run(args)),
+        Command::TestNow(args) => {
+            return cli::plugin::run_command(cli::plugin::test_now::run(args));
+        }
         Command::Crds => print_crds(),
         Command::Run(args) => run(*args),
         Command::Seal(args) => seal(&args),
@@ -245,6 +273,7 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> Result<(), CliError> {
     let runtime = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
+    runtime.spawn(exit_after_shutdown_timeout(args.shutdown_timeout));
     runtime.block_on(async {
         // Every part registers its metric families here, before the server shares it.
         let mut registry = telemetry::metrics::registry();
@@ -350,6 +379,20 @@ async fn lead_and_control(
     }
 }
 
+/// Once shutdown is asked for, a deadline on a thread of its own: a stuck task, or a
+/// runtime whose workers are all busy, cannot keep the process past it.
+async fn exit_after_shutdown_timeout(timeout: Duration) {
+    shutdown_signal().await;
+    std::thread::spawn(move || {
+        std::thread::sleep(timeout);
+        tracing::error!(
+            timeout = ?timeout,
+            "exiting: shutdown did not finish in time (--shutdown-timeout)"
+        );
+        std::process::exit(1);
+    });
+}
+
 /// SIGTERM (what Kubernetes sends) or Ctrl-C.
 async fn shutdown_signal() {
     #[cfg(unix)]
@@ -379,14 +422,17 @@ fn rotate(args: &controller::rotation::RotateArgs) -> Result<(), CliError> {
 
 fn print_webhooks(args: &WebhooksArgs) -> Result<(), CliError> {
     use webhook::registration::{ClientTarget, Registration};
-    let mut registration = Registration::new(
-        args.name.clone(),
-        ClientTarget::Service {
+    let target = match &args.url {
+        Some(url) => ClientTarget::Url(url.clone()),
+        None => ClientTarget::Service {
             namespace: args.service_namespace.clone(),
             name: args.service_name.clone(),
             port: args.service_port,
         },
-    );
+    };
+    let mut registration =
+        Registration::new(args.name.clone(), target, args.service_namespace.clone());
+    registration.timeout_seconds = args.timeout_seconds;
     if let Some(path) = &args.ca_bundle_file {
         let pem = std::fs::read(path).map_err(|source| CliError::Read {
             what: "the CA bundle",

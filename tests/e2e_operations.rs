@@ -325,3 +325,92 @@ async fn a_stopped_leader_releases_its_lease_and_exits_cleanly() {
     assert!(stderr.contains("left the leader election"), "{stderr}");
     assert_eq!(lease_holder(&admin, &store_ns).await, None);
 }
+
+/// A kubeconfig that acts as `user` (by impersonation, from the admin's credentials).
+fn impersonating_kubeconfig(c: &support::Cluster, user: &str, path: &std::path::Path) {
+    let text = std::fs::read_to_string(c.var("KUBECONFIG")).expect("read the kubeconfig");
+    let mut config: serde_json::Value = serde_saphyr::from_str(&text).expect("kubeconfig YAML");
+    for entry in config["users"].as_array_mut().expect("users") {
+        entry["user"]["as"] = serde_json::Value::from(user);
+    }
+    std::fs::write(path, serde_json::to_vec(&config).expect("json")).expect("write");
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_operator_in_bounded_time_even_when_a_cache_never_fills() {
+    let c = cluster();
+    let admin = c.admin().await;
+    let ns = c.temp_namespace("ops-stuck").await;
+    let store_ns = c.temp_namespace("ops-stuck-store").await;
+    // Everything the operator needs but listing VaultSections: the controller's section
+    // cache never fills, and kube-runtime's graceful shutdown waits for it.
+    let user = support::fresh("stuck-operator");
+    let rules = r#"[
+        {"apiGroups": ["", "coordination.k8s.io", "events.k8s.io", "authorization.k8s.io",
+                       "admissionregistration.k8s.io"],
+         "resources": ["*"], "verbs": ["*"]},
+        {"apiGroups": ["monivault.io"],
+         "resources": ["vaultitems", "vaultitems/status", "vaultitems/finalizers",
+                       "monitors", "monitors/status", "monitorruns", "monitorruns/status"],
+         "verbs": ["*"]}
+    ]"#;
+    let role = format!(
+        r#"{{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {{"name": "{user}"}}, "rules": {rules}}}"#
+    );
+    let binding = format!(
+        r#"{{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {{"name": "{user}"}},
+            "roleRef": {{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "{user}"}},
+            "subjects": [{{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "{user}"}}]}}"#
+    );
+    for object in [&role, &binding] {
+        let out = c.kubectl_stdin(&["apply", "-f", "-"], object);
+        assert!(out.status.success(), "{}", support::stderr(&out));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("stuck.kubeconfig");
+    impersonating_kubeconfig(c, &user, &kubeconfig);
+
+    let mut operator = Operator::spawn(
+        &[
+            "run",
+            "--namespace",
+            &store_ns,
+            "--watch-namespace",
+            &ns,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--instance",
+            "replica-stuck",
+            "--shutdown-timeout",
+            "3s",
+        ],
+        kubeconfig.to_str().expect("utf-8"),
+        &[],
+    );
+    wait_for_holder(&admin, &store_ns, "replica-stuck").await;
+    eventually("the section cache to be refused", || async {
+        operator.stderr().contains("vaultsections").then_some(())
+    })
+    .await;
+
+    let pid = operator.child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    // `exited` gives up after 30 s: far beyond the 3 s bound, and a hang fails here.
+    let (status, stderr) = operator.exited().await;
+    assert!(
+        status.success() || stderr.contains("shutdown did not finish in time"),
+        "exited with {status} for another reason:\n{stderr}"
+    );
+    for name in [&user, &user] {
+        let _ = c.kubectl(&["delete", "clusterrole", name, "--ignore-not-found"]);
+        let _ = c.kubectl(&["delete", "clusterrolebinding", name, "--ignore-not-found"]);
+    }
+}
