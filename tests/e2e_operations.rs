@@ -409,8 +409,6 @@ async fn sigterm_ends_the_operator_in_bounded_time_even_when_a_cache_never_fills
         status.success() || stderr.contains("shutdown did not finish in time"),
         "exited with {status} for another reason:\n{stderr}"
     );
-    for name in [&user, &user] {
-        let _ = c.kubectl(&["delete", "clusterrole", name, "--ignore-not-found"]);
-        let _ = c.kubectl(&["delete", "clusterrolebinding", name, "--ignore-not-found"]);
-    }
+    let _ = c.kubectl(&["delete", "clusterrolebinding", &user, "--ignore-not-found"]);
+    let _ = c.kubectl(&["delete", "clusterrole", &user, "--ignore-not-found"]);
 }
