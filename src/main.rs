@@ -46,15 +46,6 @@ enum Command {
     /// for a cluster install, calling the operator through a Service. With the
     /// self-managed certificate, `monivault run` fills in their caBundle itself.
     Webhooks(WebhooksArgs),
-    /// Whether a user may use a vault item, and through what: the item, or its section.
-    /// Exits 0 if allowed, 1 if not, 2 if it cannot tell.
-    CanUse(cli::plugin::can_use::CanUseArgs),
-    /// Per environment: key versions current and held, re-encryption left, items not
-    /// Ready, the last rotation. Reads the operator's store (operators only).
-    Status(cli::plugin::status::StatusArgs),
-    /// Test Now: run a saved monitor once, wait, print the scrubbed result. Exits 0 if it
-    /// passed, 1 if it failed or was refused, 2 if it cannot tell.
-    TestNow(cli::plugin::test_now::TestNowArgs),
 }
 
 #[derive(clap::Args)]
@@ -62,8 +53,7 @@ struct WebhooksArgs {
     /// The configurations' name; `monivault run --webhook-configuration` must match.
     #[arg(long, default_value = "monivault")]
     name: String,
-    /// The operator's namespace, where the Service in front of it runs. No webhook covers
-    /// it, nor kube-system.
+    /// The namespace of the Service in front of the operator.
     #[arg(long, default_value = "monivault-system")]
     service_namespace: String,
     /// The Service in front of the operator's webhook port.
@@ -72,10 +62,6 @@ struct WebhooksArgs {
     /// The Service's port.
     #[arg(long, default_value_t = 443)]
     service_port: i32,
-    /// Call the operator at this base URL instead of through the Service (each webhook's
-    /// path is appended), e.g. when it runs outside the cluster: the chart's `webhook.url`.
-    #[arg(long, conflicts_with_all = ["service_name", "service_port"])]
-    url: Option<String>,
     /// A PEM file of the CA that signs the serving certificate (e.g. cert-manager's);
     /// leave out with the self-managed certificate.
     #[arg(long)]
@@ -83,10 +69,6 @@ struct WebhooksArgs {
     /// Limit the webhooks to these namespaces (repeat, or comma-separate).
     #[arg(long = "only-namespace", value_delimiter = ',')]
     only_namespaces: Vec<String>,
-    /// How long the API server waits for an answer, in seconds.
-    #[arg(long, default_value_t = webhook::registration::DEFAULT_TIMEOUT_SECONDS,
-        value_parser = clap::value_parser!(i32).range(1..=30))]
-    timeout_seconds: i32,
 }
 
 #[derive(clap::Args)]
@@ -248,14 +230,8 @@ fn default_instance() -> String {
 
 fn main() -> ExitCode {
     monivault::telemetry::init();
-    // Run as `kubectl-monivault` (kubectl's plugin), it calls itself `kubectl monivault`.
-    let cli: Cli = cli::plugin::parse(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
+    let cli = Cli::parse();
     let result = match cli.command {
-        Command::CanUse(args) => return cli::plugin::run_command(cli::plugin::can_use::run(args)),
-        Command::Status(args) => return cli::plugin::run_command(cli::plugin::status::run(args)),
-        Command::TestNow(args) => {
-            return cli::plugin::run_command(cli::plugin::test_now::run(args));
-        }
         Command::Crds => print_crds(),
         Command::Run(args) => run(*args),
         Command::Seal(args) => seal(&args),
@@ -422,17 +398,14 @@ fn rotate(args: &controller::rotation::RotateArgs) -> Result<(), CliError> {
 
 fn print_webhooks(args: &WebhooksArgs) -> Result<(), CliError> {
     use webhook::registration::{ClientTarget, Registration};
-    let target = match &args.url {
-        Some(url) => ClientTarget::Url(url.clone()),
-        None => ClientTarget::Service {
+    let mut registration = Registration::new(
+        args.name.clone(),
+        ClientTarget::Service {
             namespace: args.service_namespace.clone(),
             name: args.service_name.clone(),
             port: args.service_port,
         },
-    };
-    let mut registration =
-        Registration::new(args.name.clone(), target, args.service_namespace.clone());
-    registration.timeout_seconds = args.timeout_seconds;
+    );
     if let Some(path) = &args.ca_bundle_file {
         let pem = std::fs::read(path).map_err(|source| CliError::Read {
             what: "the CA bundle",
