@@ -46,6 +46,23 @@ enum Command {
     /// for a cluster install, calling the operator through a Service. With the
     /// self-managed certificate, `monivault run` fills in their caBundle itself.
     Webhooks(WebhooksArgs),
+    /// Whether a user may use a vault item, and through what: the item, or its section.
+    /// Exits 0 if allowed, 1 if not, 2 if it cannot tell.
+    CanUse(cli::plugin::can_use::CanUseArgs),
+    /// Per environment: key versions current and held, re-encryption left, items not
+    /// Ready, the last rotation. Reads the operator's store (operators only).
+    Status(cli::plugin::status::StatusArgs),
+    /// Test Now: run a saved monitor once, wait, print the scrubbed result. Exits 0 if it
+    /// passed, 1 if it failed or was refused, 2 if it cannot tell.
+    TestNow(cli::plugin::test_now::TestNowArgs),
+    /// Make a recovery key pair for sealed backups: NAME.pub and NAME.private.
+    RecoveryKey(cli::backup::RecoveryKeyArgs),
+    /// Write the store (root keys, keyring, every item record) as one file sealed to a
+    /// recovery public key, to standard output.
+    Backup(cli::backup::BackupArgs),
+    /// Restore the store from a sealed backup (standard input) into the operator's
+    /// namespace. Stop the operator first; re-run it if it was interrupted.
+    Restore(cli::backup::RestoreArgs),
 }
 
 #[derive(clap::Args)]
@@ -53,7 +70,8 @@ struct WebhooksArgs {
     /// The configurations' name; `monivault run --webhook-configuration` must match.
     #[arg(long, default_value = "monivault")]
     name: String,
-    /// The namespace of the Service in front of the operator.
+    /// The operator's namespace, where the Service in front of it runs. No webhook covers
+    /// it, nor kube-system.
     #[arg(long, default_value = "monivault-system")]
     service_namespace: String,
     /// The Service in front of the operator's webhook port.
@@ -62,6 +80,10 @@ struct WebhooksArgs {
     /// The Service's port.
     #[arg(long, default_value_t = 443)]
     service_port: i32,
+    /// Call the operator at this base URL instead of through the Service (each webhook's
+    /// path is appended), e.g. when it runs outside the cluster: the chart's `webhook.url`.
+    #[arg(long, conflicts_with_all = ["service_name", "service_port"])]
+    url: Option<String>,
     /// A PEM file of the CA that signs the serving certificate (e.g. cert-manager's);
     /// leave out with the self-managed certificate.
     #[arg(long)]
@@ -69,6 +91,10 @@ struct WebhooksArgs {
     /// Limit the webhooks to these namespaces (repeat, or comma-separate).
     #[arg(long = "only-namespace", value_delimiter = ',')]
     only_namespaces: Vec<String>,
+    /// How long the API server waits for an answer, in seconds.
+    #[arg(long, default_value_t = webhook::registration::DEFAULT_TIMEOUT_SECONDS,
+        value_parser = clap::value_parser!(i32).range(1..=30))]
+    timeout_seconds: i32,
 }
 
 #[derive(clap::Args)]
@@ -96,6 +122,11 @@ struct RunArgs {
     /// (status 1): a reconcile that hangs, or a cache that never filled, cannot hold it.
     #[arg(long, env = "MONIVAULT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = api::duration::parse_period)]
     shutdown_timeout: Duration,
+    /// Start with a new root key even though vault objects in the watched namespaces show
+    /// that an earlier store existed (it was lost). Everything stored under the old keys
+    /// stays unreadable; use `monivault restore` instead if you have a backup.
+    #[arg(long, env = "MONIVAULT_ALLOW_NEW_ROOT_KEY")]
+    allow_new_root_key: bool,
     #[command(flatten)]
     rotation: controller::rotation::RotationArgs,
     #[command(flatten)]
@@ -218,6 +249,10 @@ enum CliError {
     Webhook(#[from] webhook::WebhookStartError),
     #[error("{0}")]
     Registration(#[from] webhook::registration::RegistrationError),
+    #[error("{0}")]
+    Backup(#[from] cli::backup::BackupCliError),
+    #[error("{0}")]
+    FreshStart(#[from] controller::fresh_start::FreshStartError),
 }
 
 /// Unique per process, so replicas started without `POD_NAME` never share a Lease identity.
@@ -230,13 +265,22 @@ fn default_instance() -> String {
 
 fn main() -> ExitCode {
     monivault::telemetry::init();
-    let cli = Cli::parse();
+    // Run as `kubectl-monivault` (kubectl's plugin), it calls itself `kubectl monivault`.
+    let cli: Cli = cli::plugin::parse(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
+        Command::CanUse(args) => return cli::plugin::run_command(cli::plugin::can_use::run(args)),
+        Command::Status(args) => return cli::plugin::run_command(cli::plugin::status::run(args)),
+        Command::TestNow(args) => {
+            return cli::plugin::run_command(cli::plugin::test_now::run(args));
+        }
         Command::Crds => print_crds(),
         Command::Run(args) => run(*args),
         Command::Seal(args) => seal(&args),
         Command::Rotate(args) => rotate(&args),
         Command::Webhooks(args) => print_webhooks(&args),
+        Command::RecoveryKey(args) => recovery_key(&args),
+        Command::Backup(args) => backup(&args),
+        Command::Restore(args) => restore(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -262,6 +306,15 @@ fn run(args: RunArgs) -> Result<(), CliError> {
 
         let client = kube::Client::try_default().await.map_err(CliError::Kube)?;
         let store = Arc::new(SecretStore::new(client.clone(), &args.namespace));
+        if !args.allow_new_root_key {
+            controller::fresh_start::refuse_if_store_lost(
+                &client,
+                store.as_ref(),
+                &args.namespace,
+                args.watch_namespace.as_deref(),
+            )
+            .await?;
+        }
         let reload = args.rotation.reencrypt.root_key_reload_interval;
         let keys = Arc::new(Keys::bootstrap_with(store, reload).await?);
         let mut settings = args
@@ -398,14 +451,17 @@ fn rotate(args: &controller::rotation::RotateArgs) -> Result<(), CliError> {
 
 fn print_webhooks(args: &WebhooksArgs) -> Result<(), CliError> {
     use webhook::registration::{ClientTarget, Registration};
-    let mut registration = Registration::new(
-        args.name.clone(),
-        ClientTarget::Service {
+    let target = match &args.url {
+        Some(url) => ClientTarget::Url(url.clone()),
+        None => ClientTarget::Service {
             namespace: args.service_namespace.clone(),
             name: args.service_name.clone(),
             port: args.service_port,
         },
-    );
+    };
+    let mut registration =
+        Registration::new(args.name.clone(), target, args.service_namespace.clone());
+    registration.timeout_seconds = args.timeout_seconds;
     if let Some(path) = &args.ca_bundle_file {
         let pem = std::fs::read(path).map_err(|source| CliError::Read {
             what: "the CA bundle",
@@ -433,5 +489,24 @@ fn print_crds() -> Result<(), CliError> {
 fn seal(args: &cli::seal::SealArgs) -> Result<(), CliError> {
     let sealed = cli::seal::seal(args)?;
     println!("{sealed}");
+    Ok(())
+}
+
+fn recovery_key(args: &cli::backup::RecoveryKeyArgs) -> Result<(), CliError> {
+    match &args.command {
+        cli::backup::RecoveryKeyCommand::New { out } => {
+            eprintln!("{}", cli::backup::new_recovery_key(out)?);
+        }
+    }
+    Ok(())
+}
+
+fn backup(args: &cli::backup::BackupArgs) -> Result<(), CliError> {
+    eprintln!("{}", cli::backup::backup(args)?);
+    Ok(())
+}
+
+fn restore(args: &cli::backup::RestoreArgs) -> Result<(), CliError> {
+    eprintln!("{}", cli::backup::restore(args)?);
     Ok(())
 }

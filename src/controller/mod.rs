@@ -8,6 +8,7 @@
 //! The loops run only on the replica that holds the leader Lease ([`leader`]).
 
 pub mod certificate;
+pub mod fresh_start;
 pub mod leader;
 pub mod rotation;
 pub mod vault_item;

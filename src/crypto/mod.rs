@@ -26,6 +26,7 @@ mod error;
 mod keyring;
 mod keys;
 pub mod pkcs12;
+mod recovery;
 mod sealing;
 mod stamp;
 
@@ -34,6 +35,9 @@ pub use envelope::{EnvelopeKind, key_version_of};
 pub use error::CryptoError;
 pub use keyring::{DataKeyInfo, Environment, Keyring, RotationPolicy, SealingKeyInfo, reencrypt};
 pub use keys::{Plaintext, RootKey};
+pub use recovery::{
+    RecoveryPrivateKey, RecoveryPublicKey, new_recovery_key, open_backup, seal_backup,
+};
 pub use sealing::{SealBinding, SealingOpener, SealingPublicKey, seal};
 pub use stamp::{StampClaims, StampedName};
 

@@ -21,9 +21,9 @@ use super::aad::Aad;
 use super::envelope::{self, EnvelopeKind};
 use super::keys::{KeyBytes, Plaintext};
 
-type Kem = XWing;
-type PublicKeyBytes = <Kem as hpke::Kem>::PublicKey;
-type PrivateKey = <Kem as hpke::Kem>::PrivateKey;
+pub(super) type Kem = XWing;
+pub(super) type PublicKeyBytes = <Kem as hpke::Kem>::PublicKey;
+pub(super) type PrivateKey = <Kem as hpke::Kem>::PrivateKey;
 type EncappedKey = <Kem as hpke::Kem>::EncappedKey;
 
 const PUBLIC_KEY_PREFIX: &str = "mvpk1";
@@ -149,17 +149,7 @@ pub fn seal(
         });
     }
     let aad = binding.aad(public_key.version);
-    let (encapped, ciphertext) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, Kem>(
-        &OpModeS::Base,
-        &public_key.key,
-        INFO,
-        plaintext,
-        aad.as_bytes(),
-    )
-    .map_err(|_| CryptoError::Encrypt)?;
-    let mut payload = Vec::with_capacity(ENCAPPED_LEN + ciphertext.len());
-    payload.extend_from_slice(&encapped.to_bytes());
-    payload.extend_from_slice(&ciphertext);
+    let payload = hpke_seal(&public_key.key, INFO, aad.as_bytes(), plaintext)?;
     Ok(envelope::encode(
         EnvelopeKind::Sealed,
         public_key.version,
@@ -217,29 +207,13 @@ impl SealingOpener {
                 version: env.version,
             });
         }
-        if env.payload.len() < ENCAPPED_LEN {
-            return Err(CryptoError::Malformed {
-                what: "sealed value",
-                reason: "too short to hold an encapsulated key",
-            });
-        }
-        let (encapped, ciphertext) = env.payload.split_at(ENCAPPED_LEN);
-        let encapped = EncappedKey::from_bytes(encapped).map_err(|_| CryptoError::Malformed {
-            what: "sealed value",
-            reason: "bad encapsulated key",
-        })?;
-        let plaintext = hpke::single_shot_open::<AesGcm256, HkdfSha256, Kem>(
-            &OpModeR::Base,
+        hpke_open(
             &self.key,
-            &encapped,
             INFO,
-            ciphertext,
             binding.aad(self.version).as_bytes(),
+            &env.payload,
+            "sealed value",
         )
-        .map_err(|_| CryptoError::OpenFailed {
-            what: "sealed value",
-        })?;
-        Ok(Plaintext::new(plaintext))
     }
 }
 
@@ -252,8 +226,62 @@ impl fmt::Debug for SealingOpener {
     }
 }
 
+/// HPKE base-mode single-shot seal (X-Wing, HKDF-SHA256, AES-256-GCM): the encapsulated
+/// key followed by the ciphertext. Shared by sealed values and sealed backups, which
+/// differ only in their `info` and `aad`.
+pub(super) fn hpke_seal(
+    public_key: &PublicKeyBytes,
+    info: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let (encapped, ciphertext) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, Kem>(
+        &OpModeS::Base,
+        public_key,
+        info,
+        plaintext,
+        aad,
+    )
+    .map_err(|_| CryptoError::Encrypt)?;
+    let mut payload = Vec::with_capacity(ENCAPPED_LEN + ciphertext.len());
+    payload.extend_from_slice(&encapped.to_bytes());
+    payload.extend_from_slice(&ciphertext);
+    Ok(payload)
+}
+
+/// Opens what [`hpke_seal`] made; `what` names the object in the error.
+pub(super) fn hpke_open(
+    private_key: &PrivateKey,
+    info: &[u8],
+    aad: &[u8],
+    payload: &[u8],
+    what: &'static str,
+) -> Result<Plaintext, CryptoError> {
+    if payload.len() < ENCAPPED_LEN {
+        return Err(CryptoError::Malformed {
+            what,
+            reason: "too short to hold an encapsulated key",
+        });
+    }
+    let (encapped, ciphertext) = payload.split_at(ENCAPPED_LEN);
+    let encapped = EncappedKey::from_bytes(encapped).map_err(|_| CryptoError::Malformed {
+        what,
+        reason: "bad encapsulated key",
+    })?;
+    let plaintext = hpke::single_shot_open::<AesGcm256, HkdfSha256, Kem>(
+        &OpModeR::Base,
+        private_key,
+        &encapped,
+        info,
+        ciphertext,
+        aad,
+    )
+    .map_err(|_| CryptoError::OpenFailed { what })?;
+    Ok(Plaintext::new(plaintext))
+}
+
 /// The X-Wing private key is its 32-byte seed, so the keyring wraps just the seed.
-fn private_key(seed: &KeyBytes) -> Result<PrivateKey, CryptoError> {
+pub(super) fn private_key(seed: &KeyBytes) -> Result<PrivateKey, CryptoError> {
     PrivateKey::from_bytes(seed.as_ref()).map_err(|_| CryptoError::Malformed {
         what: "sealing key seed",
         reason: "not an X-Wing seed",

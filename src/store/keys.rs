@@ -35,11 +35,11 @@ const SPLIT_ATTEMPTS: u32 = 10;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error(
-        "the keyring exists but the root key Secret does not: refusing to start, because a new root key could not open existing data. Restore the root key Secret from backup"
+        "the keyring exists but the root key Secret does not: refusing to start, because a new root key could not open existing data. Restore the store from a backup: monivault restore --recovery-private-key NAME.private < backup.mvb (run it again if a restore was interrupted)"
     )]
     RootKeyMissing,
     #[error(
-        "the keyring Secret monivault-keyring is gone but {evidence}: refusing to start, because an empty keyring would make every stored record, and every sealed value in Git, unreadable. Restore monivault-keyring and the monivault-env-* Secrets from backup"
+        "the keyring Secret monivault-keyring is gone but {evidence}: refusing to start, because an empty keyring would make every stored record, and every sealed value in Git, unreadable. Restore the store from a backup: monivault restore --recovery-private-key NAME.private < backup.mvb (run it again if a restore was interrupted)"
     )]
     KeyringMissing { evidence: String },
     #[error(
@@ -627,7 +627,7 @@ mod tests {
             .expect("record");
         let message = refusal(store).await;
         assert!(message.contains("1 item records exist"), "{message}");
-        assert!(message.contains("Restore monivault-keyring"), "{message}");
+        assert!(message.contains("monivault restore"), "{message}");
 
         // The root key was rotated: it has been in use.
         let store = MemoryStore::new();

@@ -20,6 +20,7 @@
 //!   versions and of [`ItemRecord`] field names;
 //! - write without a resourceVersion precondition, except to create a new object.
 
+pub mod backup;
 mod error;
 mod head;
 pub mod keys;

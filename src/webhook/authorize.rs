@@ -513,17 +513,24 @@ impl SubjectAccessReviewAuthorizer {
                 uid: user.uid.clone(),
                 groups: user.groups.clone(),
                 extra: user.extra.clone(),
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some(GROUP.to_owned()),
-                    namespace: Some(check.namespace.to_owned()),
-                    resource: Some(check.resource.as_str().to_owned()),
-                    name: Some(check.name.to_owned()),
-                    verb: Some(check.verb.to_owned()),
-                    ..ResourceAttributes::default()
-                }),
+                resource_attributes: Some(Self::resource_attributes(check)),
                 non_resource_attributes: None,
             },
             ..SubjectAccessReview::default()
+        }
+    }
+
+    /// What `check` asks about, as a review names it. Public so that a
+    /// SelfSubjectAccessReview (`kubectl monivault can-use`) asks exactly what the webhook
+    /// asks.
+    pub fn resource_attributes(check: &AccessCheck<'_>) -> ResourceAttributes {
+        ResourceAttributes {
+            group: Some(GROUP.to_owned()),
+            namespace: Some(check.namespace.to_owned()),
+            resource: Some(check.resource.as_str().to_owned()),
+            name: Some(check.name.to_owned()),
+            verb: Some(check.verb.to_owned()),
+            ..ResourceAttributes::default()
         }
     }
 }

@@ -7,7 +7,12 @@
 //! rather than let through unauthorized.
 //!
 //! Built here, applied with server-side apply by [`Registration::apply`] (`monivault run`
-//! pointing at itself), or printed by [`Registration::to_yaml`] for a chart.
+//! pointing at itself), or printed by [`Registration::to_yaml`] (`monivault webhooks`).
+//! The Helm chart renders the same configurations; `tests/chart.rs` checks that they agree.
+//!
+//! No webhook ever covers `kube-system` or the operator's own namespace: a monivault that
+//! is down must never lock the cluster's components, nor the namespace it needs mended to
+//! start again.
 
 use std::collections::BTreeMap;
 
@@ -30,7 +35,9 @@ const GROUP: &str = "monivault.io";
 const VERSION: &str = "v1alpha1";
 /// The label every namespace carries with its own name (Kubernetes sets it, users cannot
 /// change it), so a selector on it restricts webhooks to named namespaces.
-const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// Never covered by a webhook, whatever the registration, beside the operator's namespace.
+pub const SYSTEM_NAMESPACE: &str = "kube-system";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
@@ -68,19 +75,28 @@ pub struct Registration {
     /// PEM of the CA that signed the serving certificate; `None` when the API server
     /// trusts it already (or cert-manager's CA injector fills it in).
     pub ca_bundle: Option<Vec<u8>>,
-    /// Only requests in these namespaces reach the webhooks; `None` for all.
+    /// The operator's own namespace, which no webhook covers (nor [`SYSTEM_NAMESPACE`]).
+    pub operator_namespace: String,
+    /// Only requests in these namespaces reach the webhooks; `None` for all (but the two
+    /// above).
     pub namespaces: Option<Vec<String>>,
     /// The API server's timeout per call, 1 to 30 seconds.
     pub timeout_seconds: i32,
 }
 
 impl Registration {
-    /// A registration of every namespace, with no CA bundle and the default timeout.
-    pub fn new(name: impl Into<String>, target: ClientTarget) -> Self {
+    /// A registration of every namespace but `kube-system` and `operator_namespace`, with
+    /// no CA bundle and the default timeout.
+    pub fn new(
+        name: impl Into<String>,
+        target: ClientTarget,
+        operator_namespace: impl Into<String>,
+    ) -> Self {
         Registration {
             name: name.into(),
             target,
             ca_bundle: None,
+            operator_namespace: operator_namespace.into(),
             namespaces: None,
             timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
         }
@@ -234,14 +250,27 @@ impl Registration {
         }
     }
 
+    /// The namespaces never covered, first (the chart renders them in the same order), then
+    /// the ones asked for.
     fn namespace_selector(&self) -> Option<LabelSelector> {
-        let namespaces = self.namespaces.as_ref()?;
-        Some(LabelSelector {
-            match_expressions: Some(vec![LabelSelectorRequirement {
+        let mut excluded = vec![SYSTEM_NAMESPACE.to_owned()];
+        if !self.operator_namespace.is_empty() && self.operator_namespace != SYSTEM_NAMESPACE {
+            excluded.push(self.operator_namespace.clone());
+        }
+        let mut expressions = vec![LabelSelectorRequirement {
+            key: NAMESPACE_NAME_LABEL.to_owned(),
+            operator: "NotIn".to_owned(),
+            values: Some(excluded),
+        }];
+        if let Some(namespaces) = &self.namespaces {
+            expressions.push(LabelSelectorRequirement {
                 key: NAMESPACE_NAME_LABEL.to_owned(),
                 operator: "In".to_owned(),
                 values: Some(namespaces.clone()),
-            }]),
+            });
+        }
+        Some(LabelSelector {
+            match_expressions: Some(expressions),
             match_labels: None,
         })
     }
@@ -268,7 +297,28 @@ mod tests {
         Registration::new(
             "monivault",
             ClientTarget::Url("https://127.0.0.1:8443/".into()),
+            "monivault-system",
         )
+    }
+
+    fn excluded(namespaces: &[&str]) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: "kubernetes.io/metadata.name".into(),
+            operator: "NotIn".into(),
+            values: Some(namespaces.iter().map(|ns| (*ns).to_owned()).collect()),
+        }
+    }
+
+    /// Every webhook's selector, mutating ones first.
+    fn selectors(registration: &Registration) -> Vec<LabelSelector> {
+        let mutating = registration.mutating().webhooks.expect("webhooks");
+        let validating = registration.validating().webhooks.expect("webhooks");
+        mutating
+            .into_iter()
+            .map(|w| w.namespace_selector)
+            .chain(validating.into_iter().map(|w| w.namespace_selector))
+            .map(|s| s.expect("a namespace selector"))
+            .collect()
     }
 
     fn rule(rules: &Option<Vec<RuleWithOperations>>) -> (Vec<String>, Vec<String>) {
@@ -385,7 +435,6 @@ mod tests {
             assert_eq!(webhook.side_effects, "None");
             assert_eq!(webhook.failure_policy.as_deref(), Some("Fail"));
             assert_eq!(webhook.admission_review_versions, vec!["v1".to_owned()]);
-            assert!(webhook.namespace_selector.is_none());
         }
     }
 
@@ -424,6 +473,7 @@ mod tests {
                 name: "monivault-webhook".into(),
                 port: 443,
             },
+            "monivault-system",
         );
         registration.ca_bundle = Some(b"-----BEGIN CERTIFICATE-----\n".to_vec());
         registration.timeout_seconds = 5;
@@ -443,26 +493,42 @@ mod tests {
     }
 
     #[test]
-    fn listed_namespaces_become_a_selector_on_the_namespace_name() {
+    fn no_webhook_ever_covers_kube_system_or_the_operators_namespace() {
+        let registration = url_registration();
+        for selector in selectors(&registration) {
+            assert!(selector.match_labels.is_none());
+            assert_eq!(
+                selector.match_expressions,
+                Some(vec![excluded(&["kube-system", "monivault-system"])])
+            );
+        }
+        // An operator in kube-system itself names it once.
+        let mut registration = url_registration();
+        registration.operator_namespace = "kube-system".into();
+        for selector in selectors(&registration) {
+            assert_eq!(
+                selector.match_expressions,
+                Some(vec![excluded(&["kube-system"])])
+            );
+        }
+    }
+
+    #[test]
+    fn listed_namespaces_narrow_the_selector_and_the_exclusions_stay() {
         let mut registration = url_registration();
         registration.namespaces = Some(vec!["shop".into(), "billing".into()]);
-        let mutating = registration.mutating().webhooks.expect("webhooks");
-        let validating = registration.validating().webhooks.expect("webhooks");
-        let selectors = mutating
-            .iter()
-            .map(|w| &w.namespace_selector)
-            .chain(validating.iter().map(|w| &w.namespace_selector));
-        for selector in selectors {
-            let selector = selector.as_ref().expect("a namespace selector");
+        for selector in selectors(&registration) {
             assert!(selector.match_labels.is_none());
-            let expressions = selector.match_expressions.as_ref().expect("expressions");
             assert_eq!(
-                expressions,
-                &vec![LabelSelectorRequirement {
-                    key: "kubernetes.io/metadata.name".into(),
-                    operator: "In".into(),
-                    values: Some(vec!["shop".into(), "billing".into()]),
-                }]
+                selector.match_expressions,
+                Some(vec![
+                    excluded(&["kube-system", "monivault-system"]),
+                    LabelSelectorRequirement {
+                        key: "kubernetes.io/metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(vec!["shop".into(), "billing".into()]),
+                    }
+                ])
             );
         }
     }

@@ -170,6 +170,7 @@ pub async fn start<S: Store>(
         let mut registration = Registration::new(
             settings.configuration.clone(),
             ClientTarget::Url(format!("https://{}", SocketAddr::new(host, port))),
+            settings.namespace.clone(),
         );
         registration.ca_bundle = ca_pem.map(String::into_bytes);
         registration.namespaces = settings.watch_namespace.clone().map(|ns| vec![ns]);

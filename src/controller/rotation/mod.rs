@@ -51,8 +51,9 @@ pub use facts::{ClusterFacts, KubeFacts};
 pub use metrics::RotationMetrics;
 pub use orphans::{OrphanOutcome, prune_orphaned_environments};
 pub use reencrypt::{
-    DataKeyState, RateLimiter, ReencryptOutcome, finish_data_key_rotation, rate_limiter,
-    reencrypt_environment, reencrypt_quota, retire_unused_data_keys,
+    DataKeyState, RateLimiter, ReencryptOutcome, ReencryptProgress, finish_data_key_rotation,
+    rate_limiter, reencrypt_environment, reencrypt_progress, reencrypt_quota,
+    retire_unused_data_keys,
 };
 pub use reporting::Reporting;
 pub use root::{RootKeyState, rotate_root_key};

@@ -74,10 +74,7 @@ pub async fn reencrypt_environment<S: Store>(
             continue;
         }
         match envelope_versions(&record.value) {
-            // On the current key, and saying so.
-            Ok(versions)
-                if versions.iter().all(|v| *v == to.version())
-                    && record.value.key_version == to.version() => {}
+            Ok(versions) if on_key(&record.value, &versions, to.version()) => {}
             Ok(versions) => old.push((key, record, versions)),
             Err(e) => {
                 tracing::error!(%key, error = %e, "record has a field that is not a stored envelope; it keeps its keys");
@@ -176,6 +173,48 @@ pub async fn reencrypt_environment<S: Store>(
         "re-encryption pass done"
     );
     Ok(outcome)
+}
+
+/// Whether a record is on data key `current`, and says so: every envelope, and its own
+/// `key_version`.
+fn on_key(record: &ItemRecord, versions: &BTreeSet<u32>, current: u32) -> bool {
+    versions.iter().all(|v| *v == current) && record.key_version == current
+}
+
+/// How far a data key rotation of one environment is, from a record listing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReencryptProgress {
+    /// Records with a field on an older data key: what re-encryption still has to move.
+    pub remaining: usize,
+    /// Records whose keys cannot be told (a field that is not a stored envelope, or a
+    /// Secret that cannot be read): they hold every old key of the namespace.
+    pub unknown: usize,
+}
+
+/// What is left to re-encrypt in `namespace` onto data key `current`, decided the way
+/// [`reencrypt_environment`] decides it. Pure, for `kubectl monivault status`.
+pub fn reencrypt_progress(
+    listing: &Listing<ItemKey, ItemRecord>,
+    namespace: &str,
+    current: u32,
+) -> ReencryptProgress {
+    let mut progress = ReencryptProgress::default();
+    for (key, record) in &listing.items {
+        if key.namespace != namespace {
+            continue;
+        }
+        match envelope_versions(&record.value) {
+            Ok(versions) if on_key(&record.value, &versions, current) => {}
+            Ok(_) => progress.remaining += 1,
+            Err(_) => progress.unknown += 1,
+        }
+    }
+    progress.unknown += listing
+        .unreadable
+        .iter()
+        .filter(|u| u.namespace.as_deref() == Some(namespace))
+        .count();
+    progress
 }
 
 /// Says which record Secrets a listing could not read: each in the log, their number in

@@ -641,6 +641,52 @@ async fn data_key_rotation_reencrypts_every_record_and_destroys_the_old_key() {
 }
 
 #[tokio::test]
+async fn progress_counts_the_records_left_on_an_old_data_key() {
+    let memory = seeded().await;
+    let store = CrashingStore::new(&memory, None);
+    let keys = keys_over(&store).await;
+    let listing = memory.list_records().await.expect("list");
+    assert_eq!(
+        reencrypt_progress(&listing, NS, 1),
+        ReencryptProgress::default(),
+        "every record is on the only key"
+    );
+    rotate_data_key(
+        &keys,
+        NS,
+        Trigger::Requested { at: unix_now() },
+        &config().policy,
+        &Reporting::none(),
+    )
+    .await
+    .expect("rotate");
+    let listing = memory.list_records().await.expect("list");
+    let progress = reencrypt_progress(&listing, NS, 2);
+    assert_eq!(progress.remaining, RECORDS, "nothing moved yet");
+    assert_eq!(
+        reencrypt_progress(&listing, "team-a", 2).remaining,
+        0,
+        "another namespace's records are not counted"
+    );
+    tamper(&memory, 0, |record| {
+        record
+            .fields
+            .insert("password".into(), "not an envelope".into());
+    })
+    .await;
+    let listing = memory.list_records().await.expect("list");
+    let progress = reencrypt_progress(&listing, NS, 2);
+    assert_eq!((progress.remaining, progress.unknown), (RECORDS - 1, 1));
+    let limiter = rate_limiter(1000);
+    reencrypt_environment(&keys, NS, &limiter, &Reporting::none())
+        .await
+        .expect("re-encrypt");
+    let listing = memory.list_records().await.expect("list");
+    let progress = reencrypt_progress(&listing, NS, 2);
+    assert_eq!((progress.remaining, progress.unknown), (0, 1));
+}
+
+#[tokio::test]
 async fn a_data_key_rotation_killed_after_any_write_converges_on_restart() {
     // 1 keyring write (rotate) + one per record + 1 keyring write (retire).
     let total_writes = 1 + RECORDS as i64 + 1;

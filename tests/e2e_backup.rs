@@ -1,0 +1,391 @@
+//! Sealed backups, proved end to end on the real control plane: items and a monitor exist,
+//! a backup is taken, a data key rotates, the store is lost, the operator refuses to start
+//! over it, the backup is restored, and the operator starts with every item Ready on its
+//! key versions of the backup, and a value sealed before the backup still opens.
+//!
+//! "The store is lost" is done by deleting every Secret in the operator's namespace (root
+//! key, keyring head, environments, records, the webhook certificate): with no
+//! kube-controller-manager here a deleted namespace never finishes deleting, and an empty
+//! namespace of the same name is exactly what a recreated operator namespace looks like.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use monivault::api::monitor::Monitor;
+use monivault::api::vault_item::VaultItem;
+use monivault::crypto::{ItemBinding, SealBinding, SealingPublicKey, seal};
+use monivault::store::{ItemKey, Keys, SecretStore, Store};
+use support::{
+    Operator, cluster, credential_set, eventually, fresh, ready_condition, section_public_key,
+    stderr, stdout,
+};
+
+/// Quick leader hand-over: a killed operator's Lease runs out in seconds.
+const FAST_LEASE: [&str; 4] = [
+    "--lease-duration-seconds",
+    "3",
+    "--lease-renew-seconds",
+    "1",
+];
+
+fn monivault(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    let c = cluster();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_monivault"))
+        .args(args)
+        .env("KUBECONFIG", c.var("KUBECONFIG"))
+        .env("NO_COLOR", "1")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run monivault");
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(bytes).expect("write stdin");
+    }
+    child.wait_with_output().expect("monivault output")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn seal_password(key: &SealingPublicKey, ns: &str, item: &str, password: &str) -> String {
+    let binding = SealBinding {
+        namespace: ns,
+        section: "checkout",
+        item_type: "CredentialSet",
+        item,
+        field: "password",
+    };
+    seal(key, &binding, password.as_bytes()).expect("seal")
+}
+
+async fn key_version(items: &Api<VaultItem>, name: &str) -> Option<u32> {
+    items.get(name).await.ok()?.status?.key_version
+}
+
+/// The plaintext of an item's stored password, read the way the runner does.
+async fn stored_password(
+    client: &kube::Client,
+    store_ns: &str,
+    ns: &str,
+    item: &VaultItem,
+) -> String {
+    let store = Arc::new(SecretStore::new(client.clone(), store_ns));
+    let keys = Keys::bootstrap(store.clone())
+        .await
+        .expect("the store opens");
+    let keyring = keys.keyring_for(ns).await.expect("keyring");
+    let root = keys.root_for(&keyring).await.expect("root key");
+    let name = item.metadata.name.clone().expect("name");
+    let uid = item.metadata.uid.clone().expect("uid");
+    let record = store
+        .record(&ItemKey::new(ns, &name))
+        .await
+        .expect("read record")
+        .expect("a record");
+    let binding = ItemBinding {
+        namespace: ns,
+        item: &name,
+        uid: &uid,
+        field: "password",
+    };
+    let plain = keyring
+        .decrypt(&root, &binding, &record.value.fields["password"])
+        .expect("the record opens");
+    String::from_utf8(plain.expose().to_vec()).expect("utf-8")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_store_comes_back_from_a_sealed_backup_taken_before_a_rotation() {
+    let c = cluster();
+    let client = c.admin().await;
+    let store_ns = c.temp_namespace("mvb-store").await;
+    let ns = c.temp_namespace("mvb").await;
+    let mut op = Operator::start_with_webhooks_and(c, &store_ns, &ns, &FAST_LEASE);
+
+    // Items and a monitor exist.
+    let public_key = section_public_key(&client, &ns).await;
+    let (p1, p2, p3) = (
+        fresh("backup-pw-one"),
+        fresh("backup-pw-two"),
+        fresh("backup-pw-git"),
+    );
+    let items: Api<VaultItem> = Api::namespaced(client.clone(), &ns);
+    for (name, password) in [("db-login", &p1), ("api-login", &p2)] {
+        let item = credential_set(name, &seal_password(&public_key, &ns, name, password));
+        items
+            .create(&PostParams::default(), &item)
+            .await
+            .expect("create item");
+    }
+    // A value sealed for Git before the backup, applied only after the restore.
+    let sealed_later = seal_password(&public_key, &ns, "later", &p3);
+    let db = ready_condition(&items, "db-login", "True").await;
+    ready_condition(&items, "api-login", "True").await;
+    let before = db
+        .status
+        .as_ref()
+        .and_then(|s| s.key_version)
+        .expect("version");
+    let monitor: Monitor = serde_json::from_value(serde_json::json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+        "metadata": {"name": "shop"},
+        "spec": {"url": "https://shop.example.com/", "paused": true,
+                 "auth": {"basic": {"credentialSet": "db-login"}}}
+    }))
+    .expect("monitor");
+    Api::<Monitor>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &monitor)
+        .await
+        .expect("create monitor");
+
+    // A recovery key: the private half is the owner's alone, and is never overwritten.
+    let dir = std::env::temp_dir().join(fresh("monivault-e2e-backup"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let rk = dir.join("recovery");
+    let made = monivault(&["recovery-key", "new", "--out", path(&rk)], None);
+    assert!(made.status.success(), "{}", stderr(&made));
+    assert!(stderr(&made).contains("OFFLINE"), "{}", stderr(&made));
+    let private: PathBuf = dir.join("recovery.private");
+    let public: PathBuf = dir.join("recovery.pub");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&private)
+            .expect("private")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "NAME.private is for its owner only");
+    }
+    let private_text = std::fs::read(&private).expect("read private");
+    let again = monivault(&["recovery-key", "new", "--out", path(&rk)], None);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::read(&private).expect("read"),
+        private_text,
+        "unchanged"
+    );
+
+    // The backup: one file, nothing in the clear.
+    let taken = monivault(
+        &[
+            "backup",
+            "--recovery-key",
+            path(&public),
+            "--namespace",
+            &store_ns,
+        ],
+        None,
+    );
+    assert!(taken.status.success(), "{}", stderr(&taken));
+    let backup = taken.stdout.clone();
+    let text = String::from_utf8(backup.clone()).expect("a backup is text");
+    assert!(
+        text.starts_with("monivault-backup/1\n"),
+        "{}",
+        &text[..40.min(text.len())]
+    );
+    assert!(
+        stderr(&taken).contains("2 item records"),
+        "{}",
+        stderr(&taken)
+    );
+    let root_secret = Api::<Secret>::namespaced(client.clone(), &store_ns)
+        .get("monivault-root-key")
+        .await
+        .expect("root key Secret");
+    let root_bytes = root_secret.data.expect("data")["v1"].0.clone();
+    let mut forbidden: Vec<String> = vec![
+        STANDARD.encode(&root_bytes),
+        URL_SAFE_NO_PAD.encode(&root_bytes),
+        root_bytes.iter().map(|b| format!("{b:02x}")).collect(),
+    ];
+    for p in [&p1, &p2, &p3] {
+        forbidden.push(p.to_string());
+        forbidden.push(STANDARD.encode(p));
+        forbidden.push(URL_SAFE_NO_PAD.encode(p));
+    }
+    for needle in &forbidden {
+        assert!(
+            !text.contains(needle.as_str()),
+            "the backup holds a secret in the clear"
+        );
+    }
+    assert!(
+        !backup
+            .windows(root_bytes.len())
+            .any(|w| w == root_bytes.as_slice()),
+        "the backup holds the raw root key"
+    );
+
+    // A data key rotation after the backup: records move to a new key, the old is destroyed.
+    // (A request rotates only keys created before it, to the second.)
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let rotated = monivault(
+        &[
+            "rotate",
+            "data-key",
+            "--namespace",
+            &store_ns,
+            "--environment",
+            &ns,
+            "--wait",
+            "--data-key-retire-grace",
+            "1s",
+        ],
+        None,
+    );
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    let store = SecretStore::new(client.clone(), &store_ns);
+    let env = store.environment(&ns).await.expect("read").expect("env");
+    let held: Vec<u32> = env.value.environments[&ns]
+        .data_keys
+        .keys()
+        .copied()
+        .collect();
+    assert!(
+        !held.contains(&before),
+        "data key {before} destroyed, held {held:?}"
+    );
+
+    // The store is lost.
+    drop(op);
+    let wiped = c.kubectl(&["delete", "secrets", "--all", "-n", &store_ns, "--wait=true"]);
+    assert!(wiped.status.success(), "{}", stderr(&wiped));
+    assert!(store.root_keys().await.expect("read").is_none());
+
+    // The operator refuses to start over it, and says to restore.
+    op = Operator::start_with_webhooks_and(c, &store_ns, &ns, &FAST_LEASE);
+    let (status, log) = op.exited().await;
+    assert!(!status.success(), "the operator must not start: {log}");
+    assert!(log.contains("monivault restore"), "{log}");
+    assert!(log.contains("--allow-new-root-key"), "{log}");
+    assert!(
+        store.root_keys().await.expect("read").is_none(),
+        "no new root key was made"
+    );
+
+    // A restore with another recovery key is refused.
+    let other_rk = dir.join("other");
+    assert!(
+        monivault(&["recovery-key", "new", "--out", path(&other_rk)], None)
+            .status
+            .success()
+    );
+    let wrong = monivault(
+        &[
+            "restore",
+            "--recovery-private-key",
+            path(&dir.join("other.private")),
+            "--namespace",
+            &store_ns,
+        ],
+        Some(&backup),
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("sealed to recovery key"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    // Restore; running it again changes nothing.
+    let restore_args = [
+        "restore",
+        "--recovery-private-key",
+        path(&private),
+        "--namespace",
+        &store_ns,
+    ];
+    let restored = monivault(&restore_args, Some(&backup));
+    assert!(restored.status.success(), "{}", stderr(&restored));
+    let rerun = monivault(&restore_args, Some(&backup));
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    assert!(
+        stderr(&rerun).contains("0 objects written"),
+        "{}",
+        stderr(&rerun)
+    );
+
+    // Another installation's keys are not overwritten without --force.
+    let other_ns = c.temp_namespace("mvb-other").await;
+    Keys::bootstrap(Arc::new(SecretStore::new(client.clone(), &other_ns)))
+        .await
+        .expect("another installation");
+    let refused = monivault(
+        &[
+            "restore",
+            "--recovery-private-key",
+            path(&private),
+            "--namespace",
+            &other_ns,
+        ],
+        Some(&backup),
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("another installation"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(stderr(&refused).contains("--force"), "{}", stderr(&refused));
+
+    // The operator starts; every item is Ready on its key version of the backup.
+    op = Operator::start_with_webhooks_and(c, &store_ns, &ns, &FAST_LEASE);
+    for name in ["db-login", "api-login"] {
+        eventually(&format!("{name} Ready on key version {before}"), || async {
+            (key_version(&items, name).await == Some(before)).then_some(())
+        })
+        .await;
+        ready_condition(&items, name, "True").await;
+    }
+    assert!(op.is_running(), "{}", op.stderr());
+
+    // The restored records open, and a value sealed before the backup still opens.
+    let db = items.get("db-login").await.expect("db-login");
+    assert_eq!(stored_password(&client, &store_ns, &ns, &db).await, p1);
+    items
+        .create(
+            &PostParams::default(),
+            &credential_set("later", &sealed_later),
+        )
+        .await
+        .expect("create the item from Git");
+    let later = ready_condition(&items, "later", "True").await;
+    assert_eq!(stored_password(&client, &store_ns, &ns, &later).await, p3);
+
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(op);
+    c.assert_not_in_etcd(&[&p1, &p2, &p3]);
+}
+
+#[test]
+fn a_backup_with_an_unreadable_recovery_key_fails_naming_the_file() {
+    // `backup` with a bad key file fails before touching the cluster, naming the file.
+    let out = monivault(&["backup", "--recovery-key", "/nonexistent/rk.pub"], None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/nonexistent/rk.pub"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+}
