@@ -755,6 +755,39 @@ fn cert_manager_issues_the_certificate_and_injects_its_ca() {
 // ---------------------------------------------------------------- the Deployment
 
 #[test]
+fn a_client_ca_makes_the_webhooks_answer_the_api_server_alone() {
+    let docs = render(&[
+        "--set",
+        "webhook.clientCA.secretName=apiserver-webhook-client",
+    ]);
+    assert!(
+        args(&docs)
+            .contains(&"--webhook-client-ca-file=/etc/monivault/client-ca/ca.crt".to_owned())
+    );
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "client-ca")
+        .expect("the client CA volume");
+    assert_eq!(volume["secret"]["secretName"], "apiserver-webhook-client");
+    let mounts = container(&docs)["volumeMounts"].clone();
+    assert!(
+        mounts
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["name"] == "client-ca" && m["mountPath"] == "/etc/monivault/client-ca"),
+        "{mounts}"
+    );
+    // Off by default: no flag, no volume.
+    let docs = render(&[]);
+    assert!(!args(&docs).iter().any(|a| a.contains("client-ca")));
+    assert!(one(&docs, "Deployment")["spec"]["template"]["spec"]["volumes"].is_null());
+}
+
+#[test]
 fn the_pod_is_hardened() {
     let docs = render(&[]);
     let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];

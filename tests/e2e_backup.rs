@@ -1,18 +1,23 @@
 //! Sealed backups, proved end to end on the real control plane: items and a monitor exist,
 //! a backup is taken, a data key rotates, the store is lost, the operator refuses to start
-//! over it, the backup is restored, and the operator starts with every item Ready on its
-//! key versions of the backup, and a value sealed before the backup still opens.
+//! over it (and over a lost keyring beside a surviving root key), forged backups sealed
+//! to the same recovery public key are refused, the backup is restored, and the operator
+//! starts with every item Ready on its key versions of the backup, and a value sealed
+//! before the backup still opens.
 //!
 //! "The store is lost" is done by deleting every Secret in the operator's namespace (root
 //! key, keyring head, environments, records, the webhook certificate): with no
 //! kube-controller-manager here a deleted namespace never finishes deleting, and an empty
 //! namespace of the same name is exactly what a recreated operator namespace looks like.
 
+#[path = "runner_check/servers.rs"]
+mod servers;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -20,8 +25,12 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use monivault::api::monitor::Monitor;
 use monivault::api::vault_item::VaultItem;
-use monivault::crypto::{ItemBinding, SealBinding, SealingPublicKey, seal};
-use monivault::store::{ItemKey, Keys, SecretStore, Store};
+use monivault::crypto::{
+    ItemBinding, RecoveryPublicKey, RootKey, SealBinding, SealingPublicKey, seal,
+};
+use monivault::store::{
+    ItemKey, Keys, MemoryStore, RootKeySet, SecretStore, Store, backup, unix_now,
+};
 use support::{
     Operator, cluster, credential_set, eventually, fresh, ready_condition, section_public_key,
     stderr, stdout,
@@ -153,6 +162,68 @@ async fn a_lost_store_comes_back_from_a_sealed_backup_taken_before_a_rotation() 
         .await
         .expect("create monitor");
 
+    // A monitor that runs, logging in to a local HTTPS site with a secret of the store.
+    let p4 = fresh("backup-pw-runner");
+    let logins = Arc::new(AtomicUsize::new(0));
+    let expected = format!("Basic {}", STANDARD.encode(format!("bot:{p4}")));
+    let counted = logins.clone();
+    let site = servers::https(servers::handler(move |seen: &servers::Seen| {
+        if seen.header("authorization") == Some(expected.as_str()) {
+            counted.fetch_add(1, Ordering::SeqCst);
+            servers::ok("welcome")
+        } else {
+            servers::status(401)
+        }
+    }))
+    .await;
+    let ca_pem = {
+        let body = STANDARD.encode(servers::PKI.ca.as_ref());
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+            .collect();
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        )
+    };
+    for object in [
+        serde_json::json!({"metadata": {"name": "test-ca"},
+            "spec": {"type": "Certificate", "section": "checkout",
+                     "certificate": {"pem": ca_pem}}}),
+        serde_json::json!({"metadata": {"name": "site-login"},
+            "spec": {"type": "CredentialSet", "section": "checkout",
+                     "allowedHosts": ["shop.test"],
+                     "credentialSet": {"username": "bot", "password": p4}}}),
+    ] {
+        let mut object = object;
+        object["apiVersion"] = serde_json::json!("monivault.io/v1alpha1");
+        object["kind"] = serde_json::json!("VaultItem");
+        let item: VaultItem = serde_json::from_value(object).expect("item");
+        items
+            .create(&PostParams::default(), &item)
+            .await
+            .expect("create an item through the webhook");
+    }
+    ready_condition(&items, "site-login", "True").await;
+    let runner: Monitor = serde_json::from_value(serde_json::json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+        "metadata": {"name": "site"},
+        "spec": {"url": site.url("https", "shop.test", "/"), "interval": "10s",
+                 "timeout": "5s", "tls": {"caCertificate": "test-ca"},
+                 "auth": {"basic": {"credentialSet": "site-login"}}}
+    }))
+    .expect("monitor");
+    Api::<Monitor>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &runner)
+        .await
+        .expect("create the running monitor");
+    eventually("the monitor to log in before the backup", || async {
+        (logins.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+
     // A recovery key: the private half is the owner's alone, and is never overwritten.
     let dir = std::env::temp_dir().join(fresh("monivault-e2e-backup"));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -204,7 +275,7 @@ async fn a_lost_store_comes_back_from_a_sealed_backup_taken_before_a_rotation() 
         &text[..40.min(text.len())]
     );
     assert!(
-        stderr(&taken).contains("2 item records"),
+        stderr(&taken).contains("4 item records"),
         "{}",
         stderr(&taken)
     );
@@ -218,7 +289,7 @@ async fn a_lost_store_comes_back_from_a_sealed_backup_taken_before_a_rotation() 
         URL_SAFE_NO_PAD.encode(&root_bytes),
         root_bytes.iter().map(|b| format!("{b:02x}")).collect(),
     ];
-    for p in [&p1, &p2, &p3] {
+    for p in [&p1, &p2, &p3, &p4] {
         forbidden.push(p.to_string());
         forbidden.push(STANDARD.encode(p));
         forbidden.push(URL_SAFE_NO_PAD.encode(p));
@@ -283,6 +354,73 @@ async fn a_lost_store_comes_back_from_a_sealed_backup_taken_before_a_rotation() 
         "no new root key was made"
     );
 
+    // It refuses too when the root key survived but the keyring did not: a new keyring
+    // would open nothing either.
+    store
+        .put_root_keys(
+            &RootKeySet::new(RootKey::generate(1).expect("root key"), unix_now()),
+            None,
+        )
+        .await
+        .expect("a surviving root key");
+    op = Operator::start_with_webhooks_and(c, &store_ns, &ns, &FAST_LEASE);
+    let (status, log) = op.exited().await;
+    assert!(!status.success(), "the operator must not start: {log}");
+    assert!(log.contains("lost its keyring"), "{log}");
+    assert!(log.contains("monivault restore"), "{log}");
+    assert!(
+        store.keyring_head().await.expect("read").is_none(),
+        "no new keyring was made"
+    );
+    let wiped = c.kubectl(&["delete", "secrets", "--all", "-n", &store_ns, "--wait=true"]);
+    assert!(wiped.status.success(), "{}", stderr(&wiped));
+
+    // A forged backup: anyone holding NAME.pub can seal one with keys of their own. Into
+    // the empty store it is refused, whether its environment is one whose VaultSection
+    // publishes another sealing key, or one nothing in the cluster speaks for.
+    let restore_args = [
+        "restore",
+        "--recovery-private-key",
+        path(&private),
+        "--namespace",
+        &store_ns,
+    ];
+    let recipient =
+        RecoveryPublicKey::parse(&std::fs::read_to_string(&public).expect("read NAME.pub"))
+            .expect("recovery public key");
+    for (environment, reason) in [
+        (ns.as_str(), "disagree"),
+        ("mvb-nowhere", "nothing in the cluster confirms"),
+    ] {
+        let forger = Arc::new(MemoryStore::new());
+        Keys::bootstrap(forger.clone())
+            .await
+            .expect("the forger's installation")
+            .ensure_environment(environment)
+            .await
+            .expect("the forger's environment");
+        let contents = backup::read_backup(forger.as_ref())
+            .await
+            .expect("read the forger's store");
+        let forged = backup::seal_backup(&contents, &recipient, &store_ns, unix_now())
+            .expect("seal the forged backup");
+        let refused = monivault(&restore_args, Some(&forged));
+        assert!(!refused.status.success(), "a forged backup restored");
+        assert!(stderr(&refused).contains(reason), "{}", stderr(&refused));
+        assert!(stderr(&refused).contains("--force"), "{}", stderr(&refused));
+        assert!(store.root_keys().await.expect("read").is_none());
+        assert!(store.keyring_head().await.expect("read").is_none());
+        assert!(
+            store
+                .list_environments()
+                .await
+                .expect("read")
+                .items
+                .is_empty(),
+            "nothing written before the refusal"
+        );
+    }
+
     // A restore with another recovery key is refused.
     let other_rk = dir.join("other");
     assert!(
@@ -307,14 +445,8 @@ async fn a_lost_store_comes_back_from_a_sealed_backup_taken_before_a_rotation() 
         stderr(&wrong)
     );
 
-    // Restore; running it again changes nothing.
-    let restore_args = [
-        "restore",
-        "--recovery-private-key",
-        path(&private),
-        "--namespace",
-        &store_ns,
-    ];
+    // Restore (the VaultSection's published sealing key vouches for the real backup);
+    // running it again changes nothing.
     let restored = monivault(&restore_args, Some(&backup));
     assert!(restored.status.success(), "{}", stderr(&restored));
     let rerun = monivault(&restore_args, Some(&backup));
@@ -372,9 +504,22 @@ async fn a_lost_store_comes_back_from_a_sealed_backup_taken_before_a_rotation() 
     let later = ready_condition(&items, "later", "True").await;
     assert_eq!(stored_password(&client, &store_ns, &ns, &later).await, p3);
 
+    // The runner logs in with the restored secret, under the monitor's old stamp.
+    let before_restart = logins.load(Ordering::SeqCst);
+    eventually("the monitor to log in with the restored secret", || async {
+        (logins.load(Ordering::SeqCst) > before_restart).then_some(())
+    })
+    .await;
+    let monitors: Api<Monitor> = Api::namespaced(client.clone(), &ns);
+    eventually("the monitor to be Up after the restore", || async {
+        let status = monitors.get("site").await.ok()?.status?;
+        (status.state == Some(monivault::api::MonitorState::Up)).then_some(())
+    })
+    .await;
+
     let _ = std::fs::remove_dir_all(&dir);
     drop(op);
-    c.assert_not_in_etcd(&[&p1, &p2, &p3]);
+    c.assert_not_in_etcd(&[&p1, &p2, &p3, &p4]);
 }
 
 #[test]

@@ -342,8 +342,8 @@ async fn sigterm_ends_the_operator_in_bounded_time_even_when_a_cache_never_fills
     let admin = c.admin().await;
     let ns = c.temp_namespace("ops-stuck").await;
     let store_ns = c.temp_namespace("ops-stuck-store").await;
-    // Everything the operator needs but listing VaultSections: the controller's section
-    // cache never fills, and kube-runtime's graceful shutdown waits for it.
+    // Everything the operator needs but listing Monitors: the caches of monitors never
+    // fill, and kube-runtime's graceful shutdown waits for them.
     let user = support::fresh("stuck-operator");
     let rules = r#"[
         {"apiGroups": ["", "coordination.k8s.io", "events.k8s.io", "authorization.k8s.io",
@@ -351,7 +351,8 @@ async fn sigterm_ends_the_operator_in_bounded_time_even_when_a_cache_never_fills
          "resources": ["*"], "verbs": ["*"]},
         {"apiGroups": ["monivault.io"],
          "resources": ["vaultitems", "vaultitems/status", "vaultitems/finalizers",
-                       "monitors", "monitors/status", "monitorruns", "monitorruns/status"],
+                       "vaultsections", "vaultsections/status",
+                       "monitorruns", "monitorruns/status"],
          "verbs": ["*"]}
     ]"#;
     let role = format!(
@@ -392,8 +393,8 @@ async fn sigterm_ends_the_operator_in_bounded_time_even_when_a_cache_never_fills
         &[],
     );
     wait_for_holder(&admin, &store_ns, "replica-stuck").await;
-    eventually("the section cache to be refused", || async {
-        operator.stderr().contains("vaultsections").then_some(())
+    eventually("the monitor cache to be refused", || async {
+        operator.stderr().contains("monitors").then_some(())
     })
     .await;
 

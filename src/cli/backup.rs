@@ -9,10 +9,20 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeSet;
+
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use monivault::api::vault_section::VaultSection;
 use monivault::crypto::{self, RecoveryPrivateKey, RecoveryPublicKey};
 use monivault::store::SecretStore;
-use monivault::store::backup::{self, BackupError, MAX_BACKUP_BYTES};
+use monivault::store::backup::{self, BackupError, MAX_BACKUP_BYTES, PublishedSealingKey};
 use zeroize::Zeroizing;
+
+/// The largest key file read (a key's text is under 2 KiB).
+const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
+/// VaultSections read per request when looking for published sealing keys.
+const SECTION_PAGE: u32 = 500;
 
 #[derive(clap::Args)]
 pub struct RecoveryKeyArgs {
@@ -58,7 +68,9 @@ pub struct RestoreArgs {
     #[arg(long = "from")]
     pub from: Option<PathBuf>,
     /// Replace what the namespace holds where it differs from the backup, even another
-    /// installation's keys (which then open nothing stored under them).
+    /// installation's keys (which then open nothing stored under them); and restore into
+    /// an empty namespace although no VaultSection in the cluster confirms the backup's
+    /// sealing keys, or they disagree (check the file's provenance first).
     #[arg(long)]
     pub force: bool,
 }
@@ -91,6 +103,12 @@ pub enum BackupCliError {
     },
     #[error("the backup is over the {MAX_BACKUP_BYTES}-byte limit restore reads")]
     TooLarge,
+    #[error("{path} is over the {MAX_KEY_FILE_BYTES}-byte limit of a key file: it is not {what}")]
+    KeyFileTooLarge { what: &'static str, path: String },
+    #[error(
+        "cannot read the VaultSections in the cluster, whose published sealing keys confirm the backup: {0}"
+    )]
+    Sections(#[source] kube::Error),
     #[error("{0}")]
     Backup(#[from] BackupError),
     #[error("cannot connect to Kubernetes: {0}")]
@@ -170,16 +188,73 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BackupCliError>
         })
 }
 
+/// Reads a key file into a buffer wiped on drop, sized up front so it never reallocates
+/// (a reallocation would leave an unwiped copy of a private key behind).
 fn read_text(path: &Path, what: &'static str) -> Result<Zeroizing<String>, BackupCliError> {
-    let mut text = Zeroizing::new(String::new());
+    let mut text = Zeroizing::new(String::with_capacity(MAX_KEY_FILE_BYTES + 1));
     std::fs::File::open(path)
-        .and_then(|f| f.take(64 * 1024).read_to_string(&mut text))
+        .and_then(|f| {
+            f.take(MAX_KEY_FILE_BYTES as u64 + 1)
+                .read_to_string(&mut text)
+        })
         .map_err(|source| BackupCliError::Read {
             what,
             path: path.display().to_string(),
             source,
         })?;
+    if text.len() > MAX_KEY_FILE_BYTES {
+        return Err(BackupCliError::KeyFileTooLarge {
+            what,
+            path: path.display().to_string(),
+        });
+    }
     Ok(text)
+}
+
+/// The sealing keys that VaultSections in the backup's environments publish in their
+/// status (written only by the operator), every page of them. A cluster without the
+/// VaultSection resource has none.
+async fn published_sealing_keys(
+    client: &kube::Client,
+    environments: &BTreeSet<String>,
+) -> Result<Vec<PublishedSealingKey>, BackupCliError> {
+    let api: Api<VaultSection> = Api::all(client.clone());
+    let mut published = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut params = ListParams::default().limit(SECTION_PAGE);
+        if let Some(token) = &token {
+            params = params.continue_token(token);
+        }
+        let page = match api.list(&params).await {
+            Ok(page) => page,
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(published),
+            Err(e) => return Err(BackupCliError::Sections(e)),
+        };
+        for section in &page.items {
+            let Some(namespace) = section.namespace() else {
+                continue;
+            };
+            if !environments.contains(&namespace) {
+                continue;
+            }
+            let Some(status) = &section.status else {
+                continue;
+            };
+            if let Some(public_key) = &status.sealing_public_key {
+                published.push(PublishedSealingKey {
+                    namespace,
+                    section: section.name_any(),
+                    key_version: status.key_version,
+                    public_key: public_key.clone(),
+                });
+            }
+        }
+        match page.metadata.continue_ {
+            Some(next) if !next.is_empty() => token = Some(next),
+            _ => return Ok(published),
+        }
+    }
 }
 
 /// Takes the backup; returns the summary for standard error.
@@ -257,8 +332,10 @@ pub fn restore(args: &RestoreArgs) -> Result<String, BackupCliError> {
         let client = kube::Client::try_default()
             .await
             .map_err(BackupCliError::Kube)?;
+        // Read before anything is written, like every other check of a restore.
+        let published = published_sealing_keys(&client, &contents.environment_names()).await?;
         let store = SecretStore::new(client, &args.namespace);
-        Ok::<_, BackupCliError>(backup::restore(&store, &contents, args.force).await?)
+        Ok::<_, BackupCliError>(backup::restore(&store, &contents, &published, args.force).await?)
     })?;
     let mut summary = format!(
         "restored the backup from {source_name} (taken from namespace {} at unix time {}) into namespace {}: {} objects written, {} already restored",
@@ -275,6 +352,9 @@ pub fn restore(args: &RestoreArgs) -> Result<String, BackupCliError> {
         ));
     }
     summary.push_str(". Start the operator now.");
+    for warning in &report.warnings {
+        summary.push_str(&format!("\n\nWARNING: {warning}"));
+    }
     Ok(summary)
 }
 
@@ -327,6 +407,27 @@ mod tests {
             private,
             "the refused run changed nothing"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_key_file_is_read_into_one_presized_buffer_and_bounded() {
+        let dir = std::env::temp_dir().join(format!("mv-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (_, private) = crypto::new_recovery_key().expect("key");
+        let small = dir.join("rk.private");
+        std::fs::write(&small, private.to_text().as_bytes()).expect("write");
+        let text = read_text(&small, "the recovery private key").expect("read");
+        assert_eq!(text.as_str(), private.to_text().as_str());
+        // Never reallocated: the buffer is the one sized before reading.
+        assert_eq!(text.capacity(), MAX_KEY_FILE_BYTES + 1);
+
+        let huge = dir.join("huge.private");
+        std::fs::write(&huge, vec![b'x'; MAX_KEY_FILE_BYTES + 1]).expect("write");
+        assert!(matches!(
+            read_text(&huge, "the recovery private key"),
+            Err(BackupCliError::KeyFileTooLarge { .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

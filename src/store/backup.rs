@@ -43,6 +43,7 @@ use super::{
 };
 use crate::crypto::{
     self, CryptoError, EnvelopeKind, Keyring, RecoveryPrivateKey, RecoveryPublicKey,
+    SealingPublicKey,
 };
 
 /// The first line of every backup file.
@@ -97,6 +98,14 @@ pub enum BackupError {
         "the operator namespace already holds {0}, which differs from the backup: it changed after the backup was taken, and restoring would roll it back. Re-run with --force to replace it with the backup's"
     )]
     Diverged(String),
+    #[error(
+        "refusing to restore into an empty store: the sealing keys the operator publishes in VaultSection status disagree with this backup's ({0}). This backup is not of the installation that runs in this cluster: it is of another one, or it was forged by someone holding the recovery public key (NAME.pub), and restoring it would make the operator run on its keys. Check where the file came from; --force restores it anyway"
+    )]
+    Contradicted(String),
+    #[error(
+        "refusing to restore into an empty store: nothing in the cluster confirms this backup came from this installation ({0}). Anyone holding the recovery public key (NAME.pub) can make a file that opens with NAME.private, so check the file's provenance (where it was kept, who wrote it); if you trust it, re-run with --force. After losing the whole cluster, VaultSections re-applied from Git have no status yet, so such a restore always needs --force"
+    )]
+    NotVouched(String),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -180,6 +189,11 @@ impl BackupContents {
         root_key_ids(&self.roots)
     }
 
+    /// The namespaces of the environments it holds.
+    pub fn environment_names(&self) -> BTreeSet<String> {
+        self.environments.keys().cloned().collect()
+    }
+
     pub fn environment_count(&self) -> usize {
         self.environments.len()
     }
@@ -192,6 +206,7 @@ impl BackupContents {
     /// name a data key its environment holds.
     fn check(&self) -> Result<(), String> {
         for (namespace, keyring) in &self.environments {
+            check_environment_names(namespace, keyring)?;
             if keyring.environments.len() != 1 || !keyring.environments.contains_key(namespace) {
                 return Err(format!(
                     "the keys of environment {namespace} are not exactly that environment's"
@@ -244,17 +259,33 @@ impl BackupContents {
     }
 }
 
+fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
 fn check_names(key: &ItemKey) -> Result<(), String> {
-    let ok = |s: &str, max: usize| {
-        !s.is_empty()
-            && s.len() <= max
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    };
-    if ok(&key.namespace, MAX_NAMESPACE_LEN) && ok(&key.name, MAX_NAME_LEN) {
+    if valid_name(&key.namespace, MAX_NAMESPACE_LEN) && valid_name(&key.name, MAX_NAME_LEN) {
         Ok(())
     } else {
         Err("a record names an item that is not a valid Kubernetes namespace and name".into())
+    }
+}
+
+/// The same check for an environment's name (a namespace), and for the names inside its
+/// keyring, before either is printed.
+fn check_environment_names(namespace: &str, keyring: &Keyring) -> Result<(), String> {
+    if valid_name(namespace, MAX_NAMESPACE_LEN)
+        && keyring
+            .environments
+            .keys()
+            .all(|ns| valid_name(ns, MAX_NAMESPACE_LEN))
+    {
+        Ok(())
+    } else {
+        Err("an environment is named other than a valid Kubernetes namespace".into())
     }
 }
 
@@ -442,9 +473,47 @@ fn split_file(file: &[u8]) -> Result<(&[u8], BackupHeader, &[u8]), BackupError> 
             header.format
         )));
     }
+    check_header(&header)?;
     let body = rest.get(1..).unwrap_or_default();
     let body = body.strip_suffix(b"\n").unwrap_or(body);
     Ok((header_json, header, body))
+}
+
+/// The header is read before anything authenticates it, and parts of it are printed: hold
+/// every printed field to its exact format, and never echo one that fails.
+fn check_header(header: &BackupHeader) -> Result<(), BackupError> {
+    let malformed = |m: &str| Err(BackupError::Malformed(m.to_owned()));
+    if !is_fingerprint(&header.recovery_key) {
+        return malformed(
+            "its header's recovery key fingerprint is not 32 lowercase hexadecimal digits",
+        );
+    }
+    if !is_dns_label(&header.source_namespace) {
+        return malformed("its header's source namespace is not a valid Kubernetes namespace");
+    }
+    if !header.root_key_ids.values().all(|id| is_fingerprint(id)) {
+        return malformed("its header's root key ids are not 32 lowercase hexadecimal digits");
+    }
+    Ok(())
+}
+
+/// A public fingerprint as [`RecoveryPublicKey::fingerprint`] and
+/// [`crate::crypto::RootKey::id`] write it: 16 bytes in lowercase hex.
+fn is_fingerprint(text: &str) -> bool {
+    text.len() == 32
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A Kubernetes namespace name (RFC 1123 DNS label).
+fn is_dns_label(text: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !text.is_empty()
+        && text.len() <= MAX_NAMESPACE_LEN
+        && text.bytes().all(|b| alnum(b) || b == b'-')
+        && text.bytes().next().is_some_and(alnum)
+        && text.bytes().last().is_some_and(alnum)
 }
 
 /// Reads a backup file's header without opening it (e.g. to say what a file is).
@@ -515,6 +584,9 @@ fn contents_from(payload: Payload) -> Result<BackupContents, BackupError> {
         )));
     }
     let roots = RootKeySet::from_parts(current, payload.root_keys.since, keys);
+    for (namespace, keyring) in &payload.environments {
+        check_environment_names(namespace, keyring).map_err(inconsistent)?;
+    }
     let mut records = BTreeMap::new();
     for entry in &payload.records {
         let key = ItemKey::new(entry.namespace.clone(), entry.name.clone());
@@ -531,6 +603,143 @@ fn contents_from(payload: Payload) -> Result<BackupContents, BackupError> {
     })
 }
 
+/// A sealing public key that a VaultSection's status publishes: evidence, from the
+/// cluster, of which keys this installation runs on. Only the operator writes status
+/// (users cannot patch the status subresource), so it vouches for a backup whose keys
+/// derive it, and a forger holding only the recovery public key cannot make one that does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedSealingKey {
+    /// The section's namespace (its environment).
+    pub namespace: String,
+    /// The section's name.
+    pub section: String,
+    /// `status.keyVersion`.
+    pub key_version: Option<u32>,
+    /// `status.sealingPublicKey`, as published.
+    pub public_key: String,
+}
+
+impl PublishedSealingKey {
+    fn describe(&self) -> String {
+        match self.key_version {
+            Some(v) => format!("VaultSection {}/{} v{v}", self.namespace, self.section),
+            None => format!("VaultSection {}/{}", self.namespace, self.section),
+        }
+    }
+}
+
+/// What the cluster's published sealing keys say about a backup
+/// ([`BackupContents::vouching`]). Each list names sections (`ns/name vN`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Vouching {
+    /// The backup holds the published version, and its private key derives exactly the
+    /// published public key.
+    pub confirmed: Vec<String>,
+    /// The backup holds the published version, but its key is another, or does not open.
+    pub contradicted: Vec<String>,
+    /// In one of the backup's environments, but neither confirms nor contradicts: a
+    /// version the backup does not hold (it predates a sealing key rotation), or a status
+    /// that does not name one key and version consistently.
+    pub unconfirmed: Vec<String>,
+    /// How many environments the backup holds.
+    pub environments: usize,
+}
+
+impl Vouching {
+    /// `Ok` when some section confirms the backup and none contradicts it; otherwise the
+    /// refusal, which `force` overrides.
+    pub fn verdict(&self) -> Result<(), BackupError> {
+        if !self.contradicted.is_empty() {
+            return Err(BackupError::Contradicted(listed(&self.contradicted)));
+        }
+        if self.confirmed.is_empty() {
+            let detail = if self.unconfirmed.is_empty() {
+                format!(
+                    "no VaultSection in the cluster publishes a sealing key for any of its {} environments",
+                    self.environments
+                )
+            } else {
+                format!(
+                    "the VaultSections of its environments publish sealing key versions it does not hold ({}); it may predate a sealing key rotation",
+                    listed(&self.unconfirmed)
+                )
+            };
+            return Err(BackupError::NotVouched(detail));
+        }
+        Ok(())
+    }
+}
+
+/// The first few of `names`, and how many more.
+fn listed(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
+}
+
+impl BackupContents {
+    /// Compares the sealing keys published in the cluster with the backup's: for each
+    /// section in one of the backup's environments, does the backup's sealing private key
+    /// of the published version (unwrapped with the backup's root key) derive exactly the
+    /// published public key? Pure; sections of other namespaces are ignored.
+    pub fn vouching(&self, published: &[PublishedSealingKey]) -> Vouching {
+        let mut vouching = Vouching {
+            environments: self.environments.len(),
+            ..Vouching::default()
+        };
+        for evidence in published {
+            let Some(keyring) = self.environments.get(&evidence.namespace) else {
+                continue;
+            };
+            let what = evidence.describe();
+            let parsed = match SealingPublicKey::parse(&evidence.public_key) {
+                Ok(key)
+                    if key.namespace() == evidence.namespace
+                        && evidence.key_version.is_none_or(|v| v == key.version()) =>
+                {
+                    key
+                }
+                _ => {
+                    vouching.unconfirmed.push(what);
+                    continue;
+                }
+            };
+            let held = keyring
+                .environments
+                .get(&evidence.namespace)
+                .is_some_and(|env| env.sealing_keys.contains_key(&parsed.version()));
+            if !held {
+                vouching.unconfirmed.push(what);
+                continue;
+            }
+            let derived = self
+                .roots
+                .key(keyring.root_key_version)
+                .ok()
+                .and_then(|root| {
+                    keyring
+                        .sealing_opener(&root, &evidence.namespace, parsed.version())
+                        .ok()
+                })
+                .map(|opener| opener.public_key());
+            if derived.as_ref() == Some(&parsed) {
+                vouching.confirmed.push(what);
+            } else {
+                vouching.contradicted.push(what);
+            }
+        }
+        vouching
+    }
+}
+
 /// What a restore did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RestoreReport {
@@ -541,6 +750,8 @@ pub struct RestoreReport {
     /// Environments and records in the namespace that the backup does not hold; left as
     /// they are.
     pub left_alone: usize,
+    /// Refusals that `force` overrode, to tell the user loudly.
+    pub warnings: Vec<String>,
 }
 
 /// One object's fate in a restore: create it, replace it at a resourceVersion, or leave
@@ -572,9 +783,16 @@ fn same_root_keys(a: &RootKeySet, b: &RootKeySet) -> bool {
 /// Restores `contents` into `store`: creates what is missing, leaves what is already as in
 /// the backup, and refuses, before writing anything, to change what differs (another
 /// installation's keys, or a newer state of this one) unless `force`.
+///
+/// Into a store without a root key, `published` (the sealing keys VaultSections in the
+/// cluster publish) must vouch for the backup ([`BackupContents::vouching`]): a backup
+/// opens with the recovery private key, but anyone with the public half can make one.
+/// Without `force`, it is refused when a published key disagrees with it, or when none
+/// confirms it; with `force`, the reason is in [`RestoreReport::warnings`].
 pub async fn restore<S: Store>(
     store: &S,
     contents: &BackupContents,
+    published: &[PublishedSealingKey],
     force: bool,
 ) -> Result<RestoreReport, BackupError> {
     let wanted_ids = contents.root_key_ids()?;
@@ -583,7 +801,18 @@ pub async fn restore<S: Store>(
     // Plan: read everything, decide every step, write nothing yet.
     let existing_roots = store.root_keys().await?;
     let roots_step = match &existing_roots {
-        None => Step::Create,
+        // Nothing in the store vouches for the backup (a root key of the same ids would):
+        // the cluster must.
+        None => match contents.vouching(published).verdict() {
+            Ok(()) => Step::Create,
+            Err(refusal) if force => {
+                report
+                    .warnings
+                    .push(format!("--force overrode this refusal: {refusal}"));
+                Step::Create
+            }
+            Err(refusal) => return Err(refusal),
+        },
         Some(found) => {
             let found_ids = root_key_ids(&found.value)?;
             let shared = found_ids
@@ -766,6 +995,29 @@ mod tests {
         (store, root_b64)
     }
 
+    /// What the VaultSections of `store`'s installation publish for environment shop.
+    async fn published(store: Arc<MemoryStore>) -> Vec<PublishedSealingKey> {
+        let keys = Keys::bootstrap(store).await.expect("store opens");
+        let keyring = keys.keyring_for("shop").await.expect("keyring");
+        let root = keys.root_for(&keyring).await.expect("root");
+        let key = keyring.sealing_public_key(&root, "shop").expect("public");
+        vec![PublishedSealingKey {
+            namespace: "shop".into(),
+            section: "checkout".into(),
+            key_version: Some(key.version()),
+            public_key: key.to_string(),
+        }]
+    }
+
+    /// A backup made by someone holding only the recovery public key: a fresh
+    /// installation with the same environment, built with the crate's own functions.
+    async fn forged() -> BackupContents {
+        let store = Arc::new(MemoryStore::new());
+        let keys = Keys::bootstrap(store.clone()).await.expect("bootstrap");
+        keys.ensure_environment("shop").await.expect("env");
+        read_backup(store.as_ref()).await.expect("forged backup")
+    }
+
     async fn opens(store: Arc<MemoryStore>) -> Vec<u8> {
         let keys = Keys::bootstrap(store.clone())
             .await
@@ -808,14 +1060,16 @@ mod tests {
         assert_eq!((header.environments, header.records), (1, 1));
         assert_eq!(header.source_namespace, "monivault-system");
         let target = Arc::new(MemoryStore::new());
-        let report = restore(target.as_ref(), &opened, false)
+        let evidence = published(source.clone()).await;
+        let report = restore(target.as_ref(), &opened, &evidence, false)
             .await
             .expect("restore");
         assert_eq!(report.written, 4, "{report:?}");
+        assert!(report.warnings.is_empty(), "{report:?}");
         assert_eq!(opens(target.clone()).await, PLAINTEXT);
 
         // Running it again changes nothing and succeeds.
-        let again = restore(target.as_ref(), &opened, false)
+        let again = restore(target.as_ref(), &opened, &evidence, false)
             .await
             .expect("again");
         assert_eq!((again.written, again.unchanged), (0, 4));
@@ -840,7 +1094,8 @@ mod tests {
             Keys::bootstrap(target.clone()).await.is_err(),
             "the operator does not start on a half-restored store"
         );
-        let report = restore(target.as_ref(), &contents, false)
+        let evidence = published(source.clone()).await;
+        let report = restore(target.as_ref(), &contents, &evidence, false)
             .await
             .expect("restore");
         assert_eq!((report.written, report.unchanged), (2, 2));
@@ -855,7 +1110,7 @@ mod tests {
         Keys::bootstrap(other.clone())
             .await
             .expect("another installation");
-        let err = restore(other.as_ref(), &contents, false)
+        let err = restore(other.as_ref(), &contents, &[], false)
             .await
             .expect_err("refused");
         assert!(matches!(err, BackupError::DifferentInstallation { .. }));
@@ -867,7 +1122,7 @@ mod tests {
                 .expect("read")
                 .is_none()
         );
-        restore(other.as_ref(), &contents, true)
+        restore(other.as_ref(), &contents, &[], true)
             .await
             .expect("forced");
         assert_eq!(opens(other).await, PLAINTEXT);
@@ -884,7 +1139,7 @@ mod tests {
             .put_record(&key, &changed.value, Some(&changed.resource_version))
             .await
             .expect("change");
-        let err = restore(source.as_ref(), &contents, false)
+        let err = restore(source.as_ref(), &contents, &[], false)
             .await
             .expect_err("refused");
         assert!(matches!(err, BackupError::Diverged(_)), "{err}");
@@ -942,5 +1197,181 @@ mod tests {
             read_backup(&MemoryStore::new()).await,
             Err(BackupError::NoStore)
         ));
+    }
+
+    #[tokio::test]
+    async fn published_sealing_keys_vouch_only_for_the_backup_that_derives_them() {
+        let (source, _) = populated().await;
+        let real = read_backup(source.as_ref()).await.expect("backup");
+        let fake = forged().await;
+        let evidence = published(source.clone()).await;
+
+        // Matching: the backup's own sealing key is published.
+        let vouching = real.vouching(&evidence);
+        assert_eq!(vouching.confirmed, ["VaultSection shop/checkout v1"]);
+        assert!(vouching.contradicted.is_empty() && vouching.unconfirmed.is_empty());
+        vouching.verdict().expect("vouched for");
+
+        // Mismatching: another key of the same version is published.
+        let vouching = fake.vouching(&evidence);
+        assert_eq!(vouching.contradicted, ["VaultSection shop/checkout v1"]);
+        assert!(vouching.confirmed.is_empty());
+        let err = vouching.verdict().expect_err("contradicted");
+        assert!(matches!(err, BackupError::Contradicted(_)), "{err}");
+        assert!(err.to_string().contains("shop/checkout"), "{err}");
+        assert!(err.to_string().contains("--force"), "{err}");
+        // One disagreeing section outweighs one that agrees.
+        let mut mixed = evidence.clone();
+        mixed.extend(published_from(&fake, "other-section").await);
+        assert!(matches!(
+            real.vouching(&mixed).verdict(),
+            Err(BackupError::Contradicted(_))
+        ));
+
+        // No evidence: nothing published, or only for other namespaces.
+        let elsewhere = PublishedSealingKey {
+            namespace: "elsewhere".into(),
+            ..evidence[0].clone()
+        };
+        for none in [vec![], vec![elsewhere]] {
+            let vouching = real.vouching(&none);
+            assert_eq!(
+                vouching,
+                Vouching {
+                    environments: 1,
+                    ..Vouching::default()
+                }
+            );
+            let err = vouching.verdict().expect_err("not vouched for");
+            assert!(matches!(err, BackupError::NotVouched(_)), "{err}");
+            assert!(err.to_string().contains("provenance"), "{err}");
+            assert!(err.to_string().contains("--force"), "{err}");
+        }
+
+        // A version the backup does not hold (a rotation after it), or a status whose
+        // version and key disagree, neither confirms nor contradicts.
+        let newer = PublishedSealingKey {
+            key_version: Some(2),
+            public_key: evidence[0].public_key.replacen(".1.", ".2.", 1),
+            ..evidence[0].clone()
+        };
+        let inconsistent = PublishedSealingKey {
+            key_version: Some(7),
+            ..evidence[0].clone()
+        };
+        let vouching = real.vouching(&[newer, inconsistent]);
+        assert_eq!(vouching.unconfirmed.len(), 2, "{vouching:?}");
+        let err = vouching.verdict().expect_err("not vouched for");
+        assert!(err.to_string().contains("predate"), "{err}");
+    }
+
+    /// What `contents`' own sealing key for shop would publish, as section `section`.
+    async fn published_from(contents: &BackupContents, section: &str) -> Vec<PublishedSealingKey> {
+        let keyring = &contents.environments["shop"];
+        let root = contents.roots.key(keyring.root_key_version).expect("root");
+        let key = keyring.sealing_public_key(&root, "shop").expect("public");
+        vec![PublishedSealingKey {
+            namespace: "shop".into(),
+            section: section.into(),
+            key_version: Some(key.version()),
+            public_key: key.to_string(),
+        }]
+    }
+
+    #[tokio::test]
+    async fn a_forged_backup_is_refused_into_an_empty_store_unless_forced() {
+        let (source, _) = populated().await;
+        let (public, private) = new_recovery_key().expect("recovery key");
+        let evidence = published(source.clone()).await;
+        // Sealed to the same recovery public key: it opens with the private half.
+        let file = seal_backup(&forged().await, &public, "monivault-system", 1).expect("seal");
+        let (_, opened) = open_backup(&file, &private).expect("a forged backup opens");
+
+        let target = Arc::new(MemoryStore::new());
+        for published in [evidence.clone(), vec![]] {
+            let err = restore(target.as_ref(), &opened, &published, false)
+                .await
+                .expect_err("refused");
+            assert!(
+                matches!(
+                    err,
+                    BackupError::Contradicted(_) | BackupError::NotVouched(_)
+                ),
+                "{err}"
+            );
+            assert!(target.root_keys().await.expect("read").is_none());
+            assert!(target.keyring_head().await.expect("read").is_none());
+            assert!(
+                target
+                    .list_environments()
+                    .await
+                    .expect("read")
+                    .items
+                    .is_empty()
+            );
+        }
+
+        // The real backup is accepted into the same empty store.
+        let real = read_backup(source.as_ref()).await.expect("backup");
+        let file = seal_backup(&real, &public, "monivault-system", 2).expect("seal");
+        let (_, real) = open_backup(&file, &private).expect("open");
+        restore(target.as_ref(), &real, &evidence, false)
+            .await
+            .expect("the real backup restores");
+        assert_eq!(opens(target).await, PLAINTEXT);
+
+        // --force overrides, and says why.
+        let elsewhere = Arc::new(MemoryStore::new());
+        let report = restore(elsewhere.as_ref(), &opened, &evidence, true)
+            .await
+            .expect("forced");
+        assert_eq!(report.warnings.len(), 1, "{report:?}");
+        assert!(report.warnings[0].contains("disagree"), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn header_text_is_held_to_its_format_before_it_is_printed() {
+        let (source, _) = populated().await;
+        let (public, private) = new_recovery_key().expect("key");
+        let contents = read_backup(source.as_ref()).await.expect("backup");
+        let file = seal_backup(&contents, &public, "monivault-system", 1).expect("seal");
+        let text = String::from_utf8(file).expect("text");
+        let fingerprint = public.fingerprint();
+        let hostile = [
+            text.replacen(&fingerprint, "\\u001b]0;owned\\u0007", 1),
+            text.replacen(&fingerprint, &fingerprint.to_uppercase(), 1),
+            text.replacen("monivault-system", "evil\\u001b[2J", 1),
+            text.replacen("monivault-system", "-system", 1),
+        ];
+        for bad in &hostile {
+            assert_ne!(bad, &text);
+            let err = open_backup(bad.as_bytes(), &private).expect_err("refused");
+            let message = err.to_string();
+            assert!(matches!(err, BackupError::Malformed(_)), "{message}");
+            assert!(!message.contains('\u{1b}'), "{message:?}");
+            assert!(!message.contains("owned") && !message.contains("evil"));
+            assert!(backup_header(bad.as_bytes()).is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn environment_names_in_a_backup_are_checked_like_record_names() {
+        let (source, _) = populated().await;
+        let (public, private) = new_recovery_key().expect("key");
+        let mut contents = read_backup(source.as_ref()).await.expect("backup");
+        let bad = "shop\u{1b}[2J";
+        let mut keyring = contents.environments.remove("shop").expect("env");
+        let env = keyring.environments.remove("shop").expect("env");
+        keyring.environments.insert(bad.into(), env);
+        contents.environments.insert(bad.into(), keyring);
+        contents.records.clear();
+        let file = seal_backup(&contents, &public, "monivault-system", 1).expect("seal");
+        let err = open_backup(&file, &private).expect_err("refused");
+        let message = err.to_string();
+        assert!(
+            message.contains("valid Kubernetes namespace"),
+            "{message:?}"
+        );
+        assert!(!message.contains('\u{1b}'), "{message:?}");
     }
 }

@@ -440,7 +440,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FirstRead<S> {
 /// end of a TLS response until the API server's delayed ACK (up to 40 ms per call).
 async fn accept_connection(listener: &TcpListener) -> std::io::Result<(TcpStream, SocketAddr)> {
     let (stream, peer) = listener.accept().await?;
-    stream.set_nodelay(true)?;
+    // Slower, but still correct: never a reason to drop the connection or stall accepting.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, %error, "cannot set TCP_NODELAY on a webhook connection");
+    }
     Ok((stream, peer))
 }
 
