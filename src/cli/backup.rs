@@ -294,13 +294,14 @@ pub fn backup(args: &BackupArgs) -> Result<String, BackupCliError> {
         }
     }
     Ok(format!(
-        "backed up namespace {}: root key versions {:?}, {} environments, {} item records ({} bytes), sealed to recovery key {}",
+        "backed up namespace {}: root key versions {:?}, {} environments, {} item records ({} bytes), sealed to recovery key {}; record the root key ids {:?} to check this file before a restore with --force",
         args.namespace,
         contents.root_key_ids()?.keys().collect::<Vec<_>>(),
         contents.environment_count(),
         contents.record_count(),
         file.len(),
-        recipient.fingerprint()
+        recipient.fingerprint(),
+        contents.root_key_ids()?,
     ))
 }
 
