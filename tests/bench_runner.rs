@@ -33,7 +33,7 @@ use kube::api::{Api, PostParams};
 use monivault::api::{Monitor, VaultItem, VaultSection};
 use monivault::runner::schedule::phase;
 use serde_json::json;
-use servers::{PKI, Seen, handler, https, ok, status};
+use servers::{PKI, Seen, handler, https, ok, pem, status};
 use support::{Operator, cluster, eventually};
 
 const INTERVAL: Duration = Duration::from_secs(10);
@@ -78,19 +78,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
-}
-
-fn pem(der: &[u8]) -> String {
-    let body = STANDARD.encode(der);
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).expect("ascii"))
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
 }
 
 struct Killed(Child);

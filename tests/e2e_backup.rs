@@ -176,18 +176,7 @@ async fn a_lost_store_comes_back_from_a_sealed_backup_taken_before_a_rotation() 
         }
     }))
     .await;
-    let ca_pem = {
-        let body = STANDARD.encode(servers::PKI.ca.as_ref());
-        let lines: Vec<&str> = body
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
-            .collect();
-        format!(
-            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-            lines.join("\n")
-        )
-    };
+    let ca_pem = servers::pem(servers::PKI.ca.as_ref());
     for object in [
         serde_json::json!({"metadata": {"name": "test-ca"},
             "spec": {"type": "Certificate", "section": "checkout",

@@ -14,15 +14,13 @@ mod servers;
 use std::path::PathBuf;
 use std::process::Output;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt as _};
 use monivault::api::{Monitor, MonitorRun, VaultItem};
 use monivault::crypto::{SealBinding, SealingPublicKey, seal};
 use serde_json::{Value, json};
-use servers::{PKI, handler, https, ok, status};
+use servers::{PKI, handler, https, ok, pem, status};
 use support::{
     Cluster, Operator, cluster, credential_set, eventually, fresh, ready_condition,
     section_public_key, stderr, stdout,
@@ -387,20 +385,6 @@ async fn can_use_answers_through_the_section_or_the_item_and_status_shows_the_ke
         "{}",
         stderr(&out)
     );
-}
-
-/// The PEM of a DER certificate.
-fn pem(der: &[u8]) -> String {
-    let body = STANDARD.encode(der);
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use monivault::api::{Monitor, MonitorRun, MonitorState, RunPhase, VaultItem, Vau
 use monivault::crypto::Plaintext;
 use monivault::runner::OtpSeed;
 use serde_json::{Value, json};
-use servers::{PKI, Reply, Seen, handler, http, https, ok, redirect, status};
+use servers::{PKI, Reply, Seen, handler, http, https, ok, pem, redirect, status};
 use support::{Cluster, Operator, cluster, eventually, fresh, stderr};
 
 /// Every form a secret could leak in: as is, base64 (both alphabets, padded or not),
@@ -46,20 +46,6 @@ fn forms(secret: &str) -> Vec<String> {
     forms.sort();
     forms.dedup();
     forms
-}
-
-/// The PEM of a DER certificate.
-fn pem(der: &[u8]) -> String {
-    let body = STANDARD.encode(der);
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
 }
 
 /// A namespace with section `checkout` and the test CA as item `test-ca`, behind an

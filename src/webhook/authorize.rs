@@ -25,7 +25,7 @@ use std::future::Future;
 use futures::future::join_all;
 use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec, SubjectAccessReviewStatus,
 };
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -550,10 +550,13 @@ impl Authorizer for SubjectAccessReviewAuthorizer {
                 name: check.name.to_owned(),
                 source,
             })?;
-        Ok(answer
-            .status
-            .is_some_and(|s| s.allowed && s.denied != Some(true)))
+        Ok(review_allows(answer.status.as_ref()))
     }
+}
+
+/// Whether a (Self)SubjectAccessReview's answer allows: `allowed`, and not also `denied`.
+pub fn review_allows(status: Option<&SubjectAccessReviewStatus>) -> bool {
+    status.is_some_and(|s| s.allowed && s.denied != Some(true))
 }
 
 /// [`ItemLookup`] and [`MonitorLookup`] by reading the objects from the API server.

@@ -68,6 +68,21 @@ pub fn leaf(
     (cert.der().clone(), key.serialize_der())
 }
 
+/// The PEM of a DER certificate, as a `Certificate` item or a `tls.caCertificate` holds it.
+pub fn pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
 pub static PKI: LazyLock<Pki> = LazyLock::new(|| {
     let (ca, issuer) = make_ca("runner test CA");
     let (server, server_key) = leaf(

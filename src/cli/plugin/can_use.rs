@@ -19,7 +19,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use monivault::webhook::authorize::{
     AccessCheck, AuthorizeError, Authorizer, ItemLookup, KubeLookup, SubjectAccessReviewAuthorizer,
-    USE_VERB, VaultResource,
+    USE_VERB, VaultResource, review_allows,
 };
 use serde::Serialize;
 
@@ -179,9 +179,7 @@ impl Authorizer for SelfAuthorizer {
                 name: check.name.to_owned(),
                 source,
             })?;
-        Ok(answer
-            .status
-            .is_some_and(|s| s.allowed && s.denied != Some(true)))
+        Ok(review_allows(answer.status.as_ref()))
     }
 }
 
