@@ -455,6 +455,20 @@ impl Environment {
             })
     }
 
+    /// When the current data key was made (unix seconds).
+    pub fn current_data_key_since(&self) -> Option<i64> {
+        self.data_keys
+            .get(&self.current_data_key)
+            .map(|k| k.created_at)
+    }
+
+    /// When the current sealing key was made (unix seconds).
+    pub fn current_sealing_key_since(&self) -> Option<i64> {
+        self.sealing_keys
+            .get(&self.current_sealing_key)
+            .map(|k| k.created_at)
+    }
+
     pub fn sealing_key_due(&self, now: i64, policy: &RotationPolicy) -> bool {
         self.sealing_keys
             .get(&self.current_sealing_key)

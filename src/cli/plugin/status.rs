@@ -116,14 +116,8 @@ pub fn environment_status(
     items: &[VaultItem],
 ) -> Option<EnvironmentStatus> {
     let env = keyring.environment(namespace).ok()?;
-    let data_since = env
-        .data_keys
-        .get(&env.current_data_key)
-        .map(|k| k.created_at);
-    let sealing_since = env
-        .sealing_keys
-        .get(&env.current_sealing_key)
-        .map(|k| k.created_at);
+    let data_since = env.current_data_key_since();
+    let sealing_since = env.current_sealing_key_since();
     let last = [data_since, sealing_since, Some(keyring.root_key_since)]
         .into_iter()
         .flatten()

@@ -261,14 +261,8 @@ fn needs_attention(
     data_request: Option<Trigger>,
     sealing_request: Option<Trigger>,
 ) -> bool {
-    let data_created = env
-        .data_keys
-        .get(&env.current_data_key)
-        .map(|k| k.created_at);
-    let sealing_created = env
-        .sealing_keys
-        .get(&env.current_sealing_key)
-        .map(|k| k.created_at);
+    let data_created = env.current_data_key_since();
+    let sealing_created = env.current_sealing_key_since();
     env.data_key_due(now, policy)
         || env.sealing_key_due(now, policy)
         || data_request.is_some_and(|t| t.applies(data_created, false, now))
