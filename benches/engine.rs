@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use criterion::{Criterion, Throughput};
-use monivault::crypto::{ItemBinding, Keyring, RootKey, SealBinding, seal};
+use monivault::crypto::{ItemBinding, Keyring, RootKey, SealBinding, UnixMillis, seal};
 
 const GROUP: &str = "engine_1KiB";
-const NOW: i64 = 1_800_000_000;
+const NOW: UnixMillis = UnixMillis::from_secs(1_800_000_000);
 
 fn bench(c: &mut Criterion) {
     let secret = vec![0x5au8; 1024];

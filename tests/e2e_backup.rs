@@ -29,7 +29,7 @@ use monivault::crypto::{
     ItemBinding, RecoveryPublicKey, RootKey, SealBinding, SealingPublicKey, seal,
 };
 use monivault::store::{
-    ItemKey, Keys, MemoryStore, RootKeySet, SecretStore, Store, backup, unix_now,
+    ItemKey, Keys, MemoryStore, RootKeySet, SecretStore, Store, backup, now_millis, unix_now,
 };
 use support::{
     Operator, cluster, credential_set, eventually, fresh, ready_condition, section_public_key,
@@ -297,8 +297,6 @@ async fn a_lost_store_comes_back_from_a_sealed_backup_taken_before_a_rotation() 
     );
 
     // A data key rotation after the backup: records move to a new key, the old is destroyed.
-    // (A request rotates only keys created before it, to the second.)
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let rotated = monivault(
         &[
             "rotate",
@@ -347,7 +345,7 @@ async fn a_lost_store_comes_back_from_a_sealed_backup_taken_before_a_rotation() 
     // would open nothing either.
     store
         .put_root_keys(
-            &RootKeySet::new(RootKey::generate(1).expect("root key"), unix_now()),
+            &RootKeySet::new(RootKey::generate(1).expect("root key"), now_millis()),
             None,
         )
         .await

@@ -488,10 +488,7 @@ async fn the_chart_installs_runs_with_least_privilege_upgrades_and_uninstalls() 
         .await
         .expect("alice may create the monitor");
 
-    // A data-key rotation, asked for with the same ServiceAccount's rights. Key times have
-    // whole-second resolution (an open item of the proof issue): a rotation asked for in the
-    // second its key was made would be taken as done.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // A data-key rotation, asked for with the same ServiceAccount's rights.
     let rotate = Command::new(env!("CARGO_BIN_EXE_monivault"))
         .args([
             "rotate",

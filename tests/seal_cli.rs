@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use monivault::crypto::{Keyring, RootKey, SealBinding};
+use monivault::crypto::{Keyring, RootKey, SealBinding, UnixMillis};
 
-const NOW: i64 = 1_800_000_000;
+const NOW: UnixMillis = UnixMillis::from_secs(1_800_000_000);
 const PLAINTEXT: &str = "s3al-me-offline-7f3a";
 
 fn monivault_seal(args: &[&str], stdin: &[u8]) -> std::process::Output {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
-use monivault::crypto::{Keyring, RootKey};
+use monivault::crypto::{Keyring, RootKey, UnixMillis};
 use monivault::store::layout::{
     self, HEAD_DATA, ITEM_NAME_ANNOTATION, ITEM_NAMESPACE_ANNOTATION, KEYRING_DATA, KEYRING_SECRET,
     MANAGED_BY, MANAGED_BY_LABEL, RECORD_DATA, RECORD_KIND_ITEM, RECORD_LABEL, ROOT_KEY_SECRET,
@@ -155,7 +155,7 @@ fn record(uid: &str, key_version: u32) -> ItemRecord {
 }
 
 /// `namespace`'s keys alone, as the store keeps them.
-fn one_environment(root: &RootKey, namespace: &str, now: i64) -> Keyring {
+fn one_environment(root: &RootKey, namespace: &str, now: UnixMillis) -> Keyring {
     let mut keyring = Keyring::new(root, now);
     keyring
         .ensure_environment(root, namespace, now)
@@ -229,12 +229,15 @@ async fn root_keys_are_created_once_and_replaced_only_at_the_version_read(b: &im
     let store = b.store();
     assert!(store.root_keys().await.expect("read").is_none());
 
-    let mut keys = RootKeySet::new(root(1, 0x11), 100);
+    let mut keys = RootKeySet::new(root(1, 0x11), UnixMillis::from_secs(100));
     let rv1 = store.put_root_keys(&keys, None).await.expect("create");
     // A second replica starting at the same moment must not overwrite the first's key.
     assert_conflict(
         store
-            .put_root_keys(&RootKeySet::new(root(1, 0x22), 100), None)
+            .put_root_keys(
+                &RootKeySet::new(root(1, 0x22), UnixMillis::from_secs(100)),
+                None,
+            )
             .await,
         "create over an existing root key",
     );
@@ -246,7 +249,8 @@ async fn root_keys_are_created_once_and_replaced_only_at_the_version_read(b: &im
     );
 
     keys.insert(root(2, 0x33)).expect("add v2");
-    keys.set_current(2, 200).expect("switch");
+    keys.set_current(2, UnixMillis::from_secs(200))
+        .expect("switch");
     let rv2 = store
         .put_root_keys(&keys, Some(&rv1))
         .await
@@ -260,7 +264,7 @@ async fn root_keys_are_created_once_and_replaced_only_at_the_version_read(b: &im
     assert_eq!(stored.resource_version, rv2);
     assert_eq!(stored.value.versions(), vec![1, 2]);
     assert_eq!(stored.value.current(), 2);
-    assert_eq!(stored.value.since(), Some(200));
+    assert_eq!(stored.value.since(), Some(UnixMillis::from_secs(200)));
     assert_eq!(stored.value.key(1).expect("v1").expose_bytes(), &[0x11; 32]);
     assert_eq!(stored.value.key(2).expect("v2").expose_bytes(), &[0x33; 32]);
 }
@@ -288,19 +292,23 @@ async fn the_keyring_head_and_environments_are_created_once_and_replaced_only_at
 
     let root = root(1, 0x44);
     assert!(store.environment("shop").await.expect("read").is_none());
-    let shop = one_environment(&root, "shop", 1_000);
+    let shop = one_environment(&root, "shop", UnixMillis::from_secs(1_000));
     let rv1 = store
         .put_environment("shop", &shop, None)
         .await
         .expect("create");
     assert_conflict(
         store
-            .put_environment("shop", &one_environment(&root, "shop", 2_000), None)
+            .put_environment(
+                "shop",
+                &one_environment(&root, "shop", UnixMillis::from_secs(2_000)),
+                None,
+            )
             .await,
         "a second replica's create would replace the shop keys",
     );
     let mut next = shop.clone();
-    next.rotate_sealing_key(&root, "shop", 1_500)
+    next.rotate_sealing_key(&root, "shop", UnixMillis::from_secs(1_500))
         .expect("rotate");
     let rv2 = store
         .put_environment("shop", &next, Some(&rv1))
@@ -323,7 +331,7 @@ async fn the_keyring_head_and_environments_are_created_once_and_replaced_only_at
         Err(StoreError::Invalid { .. })
     ));
 
-    let team = one_environment(&root, "team", 1_000);
+    let team = one_environment(&root, "team", UnixMillis::from_secs(1_000));
     store
         .put_environment("team", &team, None)
         .await
@@ -422,11 +430,15 @@ async fn listing_returns_every_record_and_nothing_else(b: &impl Backend) {
         .await
         .expect("head");
     store
-        .put_environment("team-0", &one_environment(&root_key, "team-0", 0), None)
+        .put_environment(
+            "team-0",
+            &one_environment(&root_key, "team-0", UnixMillis::from_secs(0)),
+            None,
+        )
         .await
         .expect("environment");
     store
-        .put_root_keys(&RootKeySet::new(root_key, 0), None)
+        .put_root_keys(&RootKeySet::new(root_key, UnixMillis::from_secs(0)), None)
         .await
         .expect("root");
 
@@ -625,11 +637,18 @@ async fn the_secrets_have_the_documented_layout(b: &impl Backend) {
         .await
         .expect("head");
     store
-        .put_environment("shop", &one_environment(&root_key, "shop", 0), None)
+        .put_environment(
+            "shop",
+            &one_environment(&root_key, "shop", UnixMillis::from_secs(0)),
+            None,
+        )
         .await
         .expect("environment");
     store
-        .put_root_keys(&RootKeySet::new(root_key, 1_800_000_000), None)
+        .put_root_keys(
+            &RootKeySet::new(root_key, UnixMillis::from_secs(1_800_000_000)),
+            None,
+        )
         .await
         .expect("root");
     let key = ItemKey::new("shop", "db-login");
@@ -801,9 +820,10 @@ async fn corrupt_secrets_are_reported_as_corrupt_without_their_contents(b: &impl
 /// same, and a second start finds nothing to do.
 async fn a_keyring_in_the_one_secret_format_is_split_on_first_start(b: &impl Backend) {
     let root_key = root(1, 0x99);
-    let mut old = Keyring::new(&root_key, 1234);
+    let mut old = Keyring::new(&root_key, UnixMillis::from_secs(1234));
     for ns in ["shop", "team-a", "team-b"] {
-        old.ensure_environment(&root_key, ns, 1234).expect("env");
+        old.ensure_environment(&root_key, ns, UnixMillis::from_secs(1234))
+            .expect("env");
     }
     b.plant(secret(
         ROOT_KEY_SECRET,
@@ -827,7 +847,7 @@ async fn a_keyring_in_the_one_secret_format_is_split_on_first_start(b: &impl Bac
         .collect();
     assert_eq!(split, old.split());
     let roots = b.store().root_keys().await.expect("read").expect("roots");
-    assert_eq!(roots.value.since(), Some(1234));
+    assert_eq!(roots.value.since(), Some(UnixMillis::from_secs(1234)));
     let head = b.raw(KEYRING_SECRET).await.expect("keyring Secret");
     assert_eq!(
         head.data.unwrap_or_default().keys().collect::<Vec<_>>(),
@@ -854,7 +874,10 @@ async fn a_keyring_in_the_one_secret_format_is_split_on_first_start(b: &impl Bac
 #[test]
 fn debug_output_holds_no_key_bytes_or_envelopes() {
     let key_bytes = *b"SENTINEL-root-key-32-bytes-long!";
-    let mut keys = RootKeySet::new(RootKey::from_bytes(1, &key_bytes).expect("key"), 0);
+    let mut keys = RootKeySet::new(
+        RootKey::from_bytes(1, &key_bytes).expect("key"),
+        UnixMillis::from_secs(0),
+    );
     keys.insert(RootKey::from_bytes(2, &[0xEE; 32]).expect("key"))
         .expect("insert");
     let debug = format!("{keys:?} {keys:#?}");

@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use monivault::crypto::{
     CryptoError, ItemBinding, Keyring, RootKey, RotationPolicy, SealBinding, SealingPublicKey,
-    reencrypt, seal,
+    UnixMillis, reencrypt, seal,
 };
 use proptest::prelude::*;
 
-const NOW: i64 = 1_800_000_000;
+const NOW: UnixMillis = UnixMillis::from_secs(1_800_000_000);
 const SECRET: &[u8] = b"correct horse battery staple \x00\xff 1 KiB-ish";
 
 fn keyring_with(namespaces: &[&str]) -> (RootKey, Keyring) {
@@ -335,7 +335,7 @@ fn sealing_keys_are_pruned_only_after_retention() {
     keyring
         .rotate_sealing_key(&root, "team-a", NOW)
         .expect("rotate");
-    let later = NOW + policy.sealing_key_retention - 1;
+    let later = UnixMillis::from_secs(NOW.as_secs() + policy.sealing_key_retention - 1);
     assert!(
         keyring
             .prune_sealing_keys("team-a", later, &policy)
@@ -343,7 +343,11 @@ fn sealing_keys_are_pruned_only_after_retention() {
             .is_empty()
     );
     let dropped = keyring
-        .prune_sealing_keys("team-a", NOW + policy.sealing_key_retention, &policy)
+        .prune_sealing_keys(
+            "team-a",
+            UnixMillis::from_secs(NOW.as_secs() + policy.sealing_key_retention),
+            &policy,
+        )
         .expect("prune");
     assert_eq!(dropped, vec![1]);
     assert!(keyring.sealing_opener(&root, "team-a", 1).is_err());

@@ -16,7 +16,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use monivault::api::{Monitor, MonitorRun};
 use monivault::api::{MonitorSpec, SECRET_MASK};
-use monivault::crypto::RootKey;
+use monivault::crypto::{RootKey, UnixMillis};
 use monivault::crypto::{SealBinding, seal};
 use monivault::stamp::{self, STAMP_ANNOTATION, StampError};
 use monivault::store::Keys;
@@ -1502,7 +1502,7 @@ async fn stamps_survive_a_root_key_rotation() {
     let roots = store.root_keys().await.unwrap().unwrap();
     let mut next = roots.value;
     next.insert(RootKey::generate(2).unwrap()).unwrap();
-    next.set_current(2, 0).unwrap();
+    next.set_current(2, UnixMillis::from_secs(0)).unwrap();
     store
         .put_root_keys(&next, Some(&roots.resource_version))
         .await

@@ -11,7 +11,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use monivault::crypto::{ItemBinding, Keyring, Plaintext, RootKey};
+use monivault::crypto::{ItemBinding, Keyring, Plaintext, RootKey, UnixMillis};
 use monivault::store::{MemoryStore, RootKeySet, Store};
 use zeroize::Zeroizing;
 
@@ -108,8 +108,10 @@ fn no_freed_block_holds_a_plaintext_or_a_root_key() {
     // A stored item field, decrypted: AES-GCM opens into a buffer that still has room
     // for the tag.
     let root = RootKey::generate(1).expect("root");
-    let mut keyring = Keyring::new(&root, 0);
-    keyring.ensure_environment(&root, "shop", 0).expect("env");
+    let mut keyring = Keyring::new(&root, UnixMillis::from_secs(0));
+    keyring
+        .ensure_environment(&root, "shop", UnixMillis::from_secs(0))
+        .expect("env");
     let cipher = keyring.current_data_cipher(&root, "shop").expect("cipher");
     let binding = ItemBinding {
         namespace: "shop",
@@ -129,7 +131,7 @@ fn no_freed_block_holds_a_plaintext_or_a_root_key() {
         runtime.block_on(async {
             let store = MemoryStore::new();
             let key = RootKey::from_bytes(1, &[ROOT_BYTE; 32]).expect("key");
-            let set = RootKeySet::new(key, 0);
+            let set = RootKeySet::new(key, UnixMillis::from_secs(0));
             store.put_root_keys(&set, None).await.expect("write");
             let read = store.root_keys().await.expect("read").expect("present");
             let root = read.value.current_key().expect("key");

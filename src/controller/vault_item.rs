@@ -472,6 +472,7 @@ fn sealed_name(field: SecretField) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::UnixMillis;
 
     #[test]
     fn digest_changes_with_any_sealed_value_or_uid() {
@@ -492,8 +493,10 @@ mod tests {
     /// under the current data key.
     fn stored(fields: &[&str]) -> (Keyring, RootKey, ItemRecord) {
         let root = RootKey::generate(1).expect("root");
-        let mut keyring = Keyring::new(&root, 0);
-        keyring.ensure_environment(&root, "shop", 0).expect("env");
+        let mut keyring = Keyring::new(&root, UnixMillis::from_secs(0));
+        keyring
+            .ensure_environment(&root, "shop", UnixMillis::from_secs(0))
+            .expect("env");
         let cipher = keyring.current_data_cipher(&root, "shop").expect("cipher");
         let fields = fields
             .iter()

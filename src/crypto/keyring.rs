@@ -20,9 +20,12 @@ use super::data::{DataCipher, ItemBinding};
 use super::envelope::{EnvelopeKind, key_version_of};
 use super::keys::{KeyBytes, Plaintext, RootKey, WrapContext, random_key};
 use super::sealing::{SealBinding, SealingOpener, SealingPublicKey};
+use super::time::UnixMillis;
 use super::{CryptoError, MAX_ENCRYPTIONS_PER_DATA_KEY};
 
-const FORMAT: u32 = 1;
+/// Format 2 dates keys in milliseconds; format 1 (whole seconds) is migrated on read.
+const FORMAT: u32 = 2;
+const FORMAT_WHOLE_SECONDS: u32 = 1;
 const DATA: &str = "data";
 const SEALING: &str = "sealing";
 
@@ -50,16 +53,46 @@ impl Default for RotationPolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "KeyringAsStored")]
 pub struct Keyring {
     pub format: u32,
     pub root_key_version: u32,
     /// Fingerprint of the root key that wraps everything here ([`RootKey::id`]).
     pub root_key_id: String,
-    /// Unix seconds when this keyring was last wrapped under a root key (the root key's
-    /// own age is kept with the root keys).
-    pub root_key_since: i64,
+    /// When this keyring was last wrapped under a root key (the root key's own age is kept
+    /// with the root keys).
+    #[serde(rename = "rootKeySinceMs")]
+    pub root_key_since: UnixMillis,
     pub environments: BTreeMap<String, Environment>,
+}
+
+/// A keyring as read, in any format: format 1 named its times without `Ms` and counted
+/// them in seconds. [`Keyring`]'s own reader converts it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyringAsStored {
+    format: u32,
+    root_key_version: u32,
+    root_key_id: String,
+    #[serde(rename = "rootKeySinceMs", alias = "rootKeySince")]
+    root_key_since: UnixMillis,
+    environments: BTreeMap<String, Environment>,
+}
+
+impl From<KeyringAsStored> for Keyring {
+    fn from(stored: KeyringAsStored) -> Self {
+        let mut keyring = Keyring {
+            format: stored.format,
+            root_key_version: stored.root_key_version,
+            root_key_id: stored.root_key_id,
+            root_key_since: stored.root_key_since,
+            environments: stored.environments,
+        };
+        if keyring.format == FORMAT_WHOLE_SECONDS {
+            keyring.migrate_from_whole_seconds();
+        }
+        keyring
+    }
 }
 
 /// One namespace's keys.
@@ -70,16 +103,22 @@ pub struct Environment {
     pub data_keys: BTreeMap<u32, DataKeyInfo>,
     pub current_sealing_key: u32,
     pub sealing_keys: BTreeMap<u32, SealingKeyInfo>,
-    /// Unix seconds when the namespace was first seen gone; its keys are dropped a grace
-    /// period later, unless it comes back first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub orphaned_since: Option<i64>,
+    /// When the namespace was first seen gone; its keys are dropped a grace period later,
+    /// unless it comes back first.
+    #[serde(
+        default,
+        rename = "orphanedSinceMs",
+        alias = "orphanedSince",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub orphaned_since: Option<UnixMillis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DataKeyInfo {
-    pub created_at: i64,
+    #[serde(rename = "createdAtMs", alias = "createdAt")]
+    pub created_at: UnixMillis,
     /// base64 of `nonce || AES-256-GCM(root wrapping key, data key)`.
     pub wrapped: String,
     /// Encryptions counted under this key, for the 2^31 limit. Callers add to it.
@@ -90,19 +129,25 @@ pub struct DataKeyInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SealingKeyInfo {
-    pub created_at: i64,
+    #[serde(rename = "createdAtMs", alias = "createdAt")]
+    pub created_at: UnixMillis,
     /// base64 of the wrapped 32-byte X-Wing seed. The public key is derived from it when
     /// needed rather than stored: at 1.6 KiB of text a version, it would fill the keyring
     /// Secret's 1 MiB within a few dozen namespaces.
     pub wrapped_seed: String,
     /// When a newer key replaced it; it is dropped after the retention from then.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub superseded_at: Option<i64>,
+    #[serde(
+        default,
+        rename = "supersededAtMs",
+        alias = "supersededAt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub superseded_at: Option<UnixMillis>,
 }
 
 impl Keyring {
     /// An empty keyring under `root`.
-    pub fn new(root: &RootKey, now: i64) -> Self {
+    pub fn new(root: &RootKey, now: UnixMillis) -> Self {
         Keyring {
             format: FORMAT,
             root_key_version: root.version(),
@@ -154,7 +199,7 @@ impl Keyring {
         &mut self,
         root: &RootKey,
         namespace: &str,
-        now: i64,
+        now: UnixMillis,
     ) -> Result<bool, CryptoError> {
         self.check_root(root)?;
         if self.environments.contains_key(namespace) {
@@ -257,7 +302,7 @@ impl Keyring {
         &mut self,
         root: &RootKey,
         namespace: &str,
-        now: i64,
+        now: UnixMillis,
     ) -> Result<u32, CryptoError> {
         self.check_root(root)?;
         let env = self.environment(namespace)?;
@@ -275,7 +320,7 @@ impl Keyring {
         &mut self,
         root: &RootKey,
         namespace: &str,
-        now: i64,
+        now: UnixMillis,
     ) -> Result<u32, CryptoError> {
         self.check_root(root)?;
         let env = self.environment(namespace)?;
@@ -296,7 +341,7 @@ impl Keyring {
         &self,
         old_root: &RootKey,
         new_root: &RootKey,
-        now: i64,
+        now: UnixMillis,
     ) -> Result<Keyring, CryptoError> {
         self.check_root(old_root)?;
         let mut next = Keyring::new(new_root, now);
@@ -360,7 +405,7 @@ impl Keyring {
     pub fn prune_sealing_keys(
         &mut self,
         namespace: &str,
-        now: i64,
+        now: UnixMillis,
         policy: &RotationPolicy,
     ) -> Result<Vec<u32>, CryptoError> {
         let env = self.environment_mut(namespace)?;
@@ -372,7 +417,7 @@ impl Keyring {
                 **v != current
                     && info
                         .superseded_at
-                        .is_some_and(|at| now.saturating_sub(at) >= policy.sealing_key_retention)
+                        .is_some_and(|at| now.secs_since(at) >= policy.sealing_key_retention)
             })
             .map(|(v, _)| *v)
             .collect();
@@ -417,9 +462,30 @@ impl Keyring {
         }
     }
 
+    /// Format 1 counted whole seconds: each of its times becomes the start of its second.
+    fn migrate_from_whole_seconds(&mut self) {
+        let scale = |t: &mut UnixMillis| *t = UnixMillis::from_secs(t.as_millis());
+        scale(&mut self.root_key_since);
+        for env in self.environments.values_mut() {
+            if let Some(since) = env.orphaned_since.as_mut() {
+                scale(since);
+            }
+            env.data_keys
+                .values_mut()
+                .for_each(|k| scale(&mut k.created_at));
+            for key in env.sealing_keys.values_mut() {
+                scale(&mut key.created_at);
+                if let Some(at) = key.superseded_at.as_mut() {
+                    scale(at);
+                }
+            }
+        }
+        self.format = FORMAT;
+    }
+
     /// Notes that `namespace` is gone, from `now` on, unless noted already. Returns whether
     /// the keyring changed.
-    pub fn mark_orphaned(&mut self, namespace: &str, now: i64) -> Result<bool, CryptoError> {
+    pub fn mark_orphaned(&mut self, namespace: &str, now: UnixMillis) -> Result<bool, CryptoError> {
         let env = self.environment_mut(namespace)?;
         if env.orphaned_since.is_some() {
             return Ok(false);
@@ -440,39 +506,39 @@ impl Keyring {
 
 impl Environment {
     /// Whether the namespace has been gone for at least `grace` seconds.
-    pub fn orphaned_for(&self, grace: i64, now: i64) -> bool {
+    pub fn orphaned_for(&self, grace: i64, now: UnixMillis) -> bool {
         self.orphaned_since
-            .is_some_and(|since| now.saturating_sub(since) >= grace)
+            .is_some_and(|since| now.secs_since(since) >= grace)
     }
 
     /// Due by age, or by the encryption count approaching the nonce-collision bound.
-    pub fn data_key_due(&self, now: i64, policy: &RotationPolicy) -> bool {
+    pub fn data_key_due(&self, now: UnixMillis, policy: &RotationPolicy) -> bool {
         self.data_keys
             .get(&self.current_data_key)
             .is_none_or(|info| {
-                now.saturating_sub(info.created_at) >= policy.data_key_max_age
+                now.secs_since(info.created_at) >= policy.data_key_max_age
                     || info.encryptions >= MAX_ENCRYPTIONS_PER_DATA_KEY
             })
     }
 
-    /// When the current data key was made (unix seconds).
-    pub fn current_data_key_since(&self) -> Option<i64> {
+    /// When the current data key was made.
+    pub fn current_data_key_since(&self) -> Option<UnixMillis> {
         self.data_keys
             .get(&self.current_data_key)
             .map(|k| k.created_at)
     }
 
-    /// When the current sealing key was made (unix seconds).
-    pub fn current_sealing_key_since(&self) -> Option<i64> {
+    /// When the current sealing key was made.
+    pub fn current_sealing_key_since(&self) -> Option<UnixMillis> {
         self.sealing_keys
             .get(&self.current_sealing_key)
             .map(|k| k.created_at)
     }
 
-    pub fn sealing_key_due(&self, now: i64, policy: &RotationPolicy) -> bool {
+    pub fn sealing_key_due(&self, now: UnixMillis, policy: &RotationPolicy) -> bool {
         self.sealing_keys
             .get(&self.current_sealing_key)
-            .is_none_or(|info| now.saturating_sub(info.created_at) >= policy.sealing_key_max_age)
+            .is_none_or(|info| now.secs_since(info.created_at) >= policy.sealing_key_max_age)
     }
 }
 
@@ -533,7 +599,7 @@ fn new_data_key(
     root: &RootKey,
     namespace: &str,
     version: u32,
-    now: i64,
+    now: UnixMillis,
 ) -> Result<DataKeyInfo, CryptoError> {
     let key = random_key()?;
     Ok(DataKeyInfo {
@@ -547,7 +613,7 @@ fn new_sealing_key(
     root: &RootKey,
     namespace: &str,
     version: u32,
-    now: i64,
+    now: UnixMillis,
 ) -> Result<SealingKeyInfo, CryptoError> {
     let seed = random_key()?;
     Ok(SealingKeyInfo {
@@ -591,4 +657,119 @@ fn unwrap_key(
         version,
     };
     root.unwrap(&context, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// `keyring` as format 1 wrote it: times in whole seconds, named without `Ms`.
+    fn as_format_1(keyring: &Keyring) -> Value {
+        let mut value = serde_json::to_value(keyring).expect("serialize");
+        fn seconds(object: &mut Value, from: &str, to: &str) {
+            if let Some(ms) = object.as_object_mut().and_then(|o| o.remove(from)) {
+                let secs = ms.as_i64().expect("a number") / 1000;
+                object[to] = json!(secs);
+            }
+        }
+        value["format"] = json!(1);
+        seconds(&mut value, "rootKeySinceMs", "rootKeySince");
+        for env in value["environments"]
+            .as_object_mut()
+            .expect("map")
+            .values_mut()
+        {
+            seconds(env, "orphanedSinceMs", "orphanedSince");
+            for key in env["dataKeys"].as_object_mut().expect("map").values_mut() {
+                seconds(key, "createdAtMs", "createdAt");
+            }
+            for key in env["sealingKeys"]
+                .as_object_mut()
+                .expect("map")
+                .values_mut()
+            {
+                seconds(key, "createdAtMs", "createdAt");
+                seconds(key, "supersededAtMs", "supersededAt");
+            }
+        }
+        value
+    }
+
+    #[test]
+    fn a_format_1_keyring_loads_with_its_seconds_as_milliseconds_and_still_opens() {
+        let root = RootKey::generate(1).expect("root");
+        let made = UnixMillis::from_secs(1_800_000_000);
+        let mut keyring = Keyring::new(&root, made);
+        keyring
+            .ensure_environment(&root, "shop", made)
+            .expect("env");
+        let later = UnixMillis::from_secs(1_800_000_100);
+        keyring
+            .rotate_sealing_key(&root, "shop", later)
+            .expect("rotate");
+        keyring.mark_orphaned("shop", later).expect("orphan");
+        let cipher = keyring.current_data_cipher(&root, "shop").expect("cipher");
+        let binding = ItemBinding {
+            namespace: "shop",
+            item: "login",
+            uid: "u1",
+            field: "password",
+        };
+        let sealed = cipher.encrypt(&binding, b"p4ss").expect("encrypt");
+
+        let stored = as_format_1(&keyring);
+        assert_eq!(stored["rootKeySince"], json!(1_800_000_000));
+        assert!(stored.get("rootKeySinceMs").is_none());
+        let loaded: Keyring = serde_json::from_value(stored).expect("format 1 loads");
+        assert_eq!(loaded.format, FORMAT);
+        loaded.check_root(&root).expect("same root key");
+        assert_eq!(loaded, keyring, "every time migrated, nothing else changed");
+        let env = loaded.environment("shop").expect("env");
+        assert_eq!(env.current_data_key_since(), Some(made));
+        assert_eq!(env.sealing_keys[&1].superseded_at, Some(later));
+        assert_eq!(env.orphaned_since, Some(later));
+        let opened = loaded
+            .data_cipher(&root, "shop", 1)
+            .expect("cipher")
+            .decrypt(&binding, &sealed)
+            .expect("the migrated keyring still opens its records");
+        assert_eq!(opened.expose(), b"p4ss");
+
+        // Written back, it is format 2, and reads back the same.
+        let written = serde_json::to_value(&loaded).expect("serialize");
+        assert_eq!(written["format"], json!(2));
+        assert_eq!(written["rootKeySinceMs"], json!(1_800_000_000_000_i64));
+        let again: Keyring = serde_json::from_value(written).expect("format 2 loads");
+        assert_eq!(again, loaded);
+    }
+
+    #[test]
+    fn key_times_keep_their_milliseconds() {
+        let root = RootKey::generate(1).expect("root");
+        let made = UnixMillis::from_millis(1_800_000_000_250);
+        let mut keyring = Keyring::new(&root, made);
+        keyring
+            .ensure_environment(&root, "shop", made)
+            .expect("env");
+        let text = serde_json::to_string(&keyring).expect("serialize");
+        let loaded: Keyring = serde_json::from_str(&text).expect("load");
+        let env = loaded.environment("shop").expect("env");
+        assert_eq!(env.current_data_key_since(), Some(made));
+        assert_eq!(env.current_sealing_key_since(), Some(made));
+    }
+
+    #[test]
+    fn an_unknown_format_still_loads_but_is_refused() {
+        let root = RootKey::generate(1).expect("root");
+        let keyring = Keyring::new(&root, UnixMillis::from_secs(1));
+        let mut value = serde_json::to_value(&keyring).expect("serialize");
+        value["format"] = json!(3);
+        let loaded: Keyring = serde_json::from_value(value).expect("parses");
+        assert!(
+            loaded.check_root(&root).is_err(),
+            "a newer format is not guessed at"
+        );
+    }
 }

@@ -29,6 +29,7 @@ pub mod pkcs12;
 mod recovery;
 mod sealing;
 mod stamp;
+mod time;
 
 pub use data::{DataCipher, ItemBinding};
 pub use envelope::{EnvelopeKind, key_version_of};
@@ -40,6 +41,7 @@ pub use recovery::{
 };
 pub use sealing::{SealBinding, SealingOpener, SealingPublicKey, seal};
 pub use stamp::{StampClaims, StampedName};
+pub use time::UnixMillis;
 
 /// Encryptions allowed under one data key before it must rotate (random 96-bit nonces:
 /// NIST SP 800-38D caps them at 2^32; we keep a factor of two in hand).

@@ -43,7 +43,7 @@ use super::{
 };
 use crate::crypto::{
     self, CryptoError, EnvelopeKind, Keyring, RecoveryPrivateKey, RecoveryPublicKey,
-    SealingPublicKey,
+    SealingPublicKey, UnixMillis,
 };
 
 /// The first line of every backup file.
@@ -163,7 +163,11 @@ struct Payload {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RootKeysPayload {
     current: u32,
-    since: Option<i64>,
+    #[serde(default, rename = "sinceMs", skip_serializing_if = "Option::is_none")]
+    since: Option<UnixMillis>,
+    /// Whole seconds, as backups before millisecond key times wrote it; read only.
+    #[serde(default, rename = "since", skip_serializing)]
+    since_seconds: Option<i64>,
     /// Version → standard base64 of the 32 key bytes; wiped on drop.
     versions: BTreeMap<u32, String>,
 }
@@ -408,6 +412,7 @@ pub fn seal_backup(
         root_keys: RootKeysPayload {
             current: contents.roots.current(),
             since: contents.roots.since(),
+            since_seconds: None,
             versions: contents
                 .roots
                 .raw_keys()
@@ -583,7 +588,9 @@ fn contents_from(payload: Payload) -> Result<BackupContents, BackupError> {
             "its current root key version {current} is not among its root keys"
         )));
     }
-    let roots = RootKeySet::from_parts(current, payload.root_keys.since, keys);
+    let since =
+        (payload.root_keys.since).or(payload.root_keys.since_seconds.map(UnixMillis::from_secs));
+    let roots = RootKeySet::from_parts(current, since, keys);
     for (namespace, keyring) in &payload.environments {
         check_environment_names(namespace, keyring).map_err(inconsistent)?;
     }

@@ -18,7 +18,7 @@ use tokio::sync::RwLock;
 use tokio::time::Instant;
 
 use super::{KeyringHead, RootKeySet, Store, StoreError, StoredKeyring, update_environment};
-use crate::crypto::{CryptoError, Keyring, RootKey};
+use crate::crypto::{CryptoError, Keyring, RootKey, UnixMillis};
 
 /// How often every replica reads the root key Secret again, by default. A root key
 /// rotation keeps the version it replaced for at least this long after the switch (plus
@@ -71,6 +71,14 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Now, as key times count it; the engine takes time as an argument to stay pure.
+pub fn now_millis() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| UnixMillis::from_millis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        .unwrap_or(UnixMillis::from_millis(0))
+}
+
 /// The root key set and when it was read.
 struct LoadedRoots {
     set: RootKeySet,
@@ -109,7 +117,7 @@ impl<S: Store> Keys<S> {
                 {
                     return Err(KeyError::RootKeyMissing);
                 }
-                let fresh = RootKeySet::new(RootKey::generate(1)?, unix_now());
+                let fresh = RootKeySet::new(RootKey::generate(1)?, now_millis());
                 match store.put_root_keys(&fresh, None).await {
                     Ok(_) => {
                         tracing::info!(version = 1, "created the root key");
@@ -260,7 +268,7 @@ impl<S: Store> Keys<S> {
     pub async fn keyring_for(&self, namespace: &str) -> Result<Keyring, KeyError> {
         match self.store.environment(namespace).await? {
             Some(stored) => Ok(stored.value),
-            None => Ok(Keyring::new(&self.current_root().await?, 0)),
+            None => Ok(Keyring::new(&self.current_root().await?, now_millis())),
         }
     }
 
@@ -273,7 +281,7 @@ impl<S: Store> Keys<S> {
                 return Ok(stored.value);
             }
             let root = self.current_root().await?;
-            let now = unix_now();
+            let now = now_millis();
             let mut keyring = Keyring::new(&root, now);
             keyring.ensure_environment(&root, namespace, now)?;
             match self.store.put_environment(namespace, &keyring, None).await {
@@ -439,7 +447,7 @@ async fn split_keyring<S: Store>(
 
 /// Dates the current root key where the root key Secret does not (written before it was
 /// kept), from the one-Secret keyring's own record of it.
-async fn date_root_key<S: Store>(store: &S, since: i64) -> Result<(), KeyError> {
+async fn date_root_key<S: Store>(store: &S, since: UnixMillis) -> Result<(), KeyError> {
     for _ in 0..SPLIT_ATTEMPTS {
         let Some(mut roots) = store.root_keys().await? else {
             return Err(KeyError::RootKeyMissing);
@@ -475,7 +483,7 @@ mod tests {
             .put_root_keys(
                 &RootKeySet::new(
                     RootKey::from_bytes(1, root.expose_bytes()).expect("copy"),
-                    0,
+                    UnixMillis::from_secs(0),
                 ),
                 None,
             )
@@ -485,9 +493,11 @@ mod tests {
 
     /// A keyring of the one-Secret format with `namespaces`, under `root`.
     fn old_keyring(root: &RootKey, namespaces: &[&str]) -> Keyring {
-        let mut keyring = Keyring::new(root, 1234);
+        let mut keyring = Keyring::new(root, UnixMillis::from_secs(1234));
         for ns in namespaces {
-            keyring.ensure_environment(root, ns, 1234).expect("env");
+            keyring
+                .ensure_environment(root, ns, UnixMillis::from_secs(1234))
+                .expect("env");
         }
         keyring
     }
@@ -496,7 +506,7 @@ mod tests {
     fn plant_undated_root(store: &MemoryStore, root: &RootKey) {
         let mut secret = layout::root_key_secret(&RootKeySet::new(
             RootKey::from_bytes(root.version(), root.expose_bytes()).expect("copy"),
-            0,
+            UnixMillis::from_secs(0),
         ))
         .expect("secret");
         if let Some(data) = secret.0.data.as_mut() {
@@ -537,7 +547,7 @@ mod tests {
         let roots = store.root_keys().await.expect("read").expect("roots");
         assert_eq!(
             roots.value.since(),
-            Some(1234),
+            Some(UnixMillis::from_secs(1234)),
             "the root key keeps its age"
         );
         // Each opens, and the running keys use them.
@@ -565,7 +575,7 @@ mod tests {
         // An earlier attempt split `shop` and its sealing key has rotated since.
         let mut newer = old.split().remove(0).1;
         newer
-            .rotate_sealing_key(&root, "shop", 2000)
+            .rotate_sealing_key(&root, "shop", UnixMillis::from_secs(2000))
             .expect("rotate");
         store
             .put_environment("shop", &newer, None)
@@ -616,7 +626,10 @@ mod tests {
         let store = MemoryStore::new();
         store
             .put_root_keys(
-                &RootKeySet::new(RootKey::generate(1).expect("root"), 0),
+                &RootKeySet::new(
+                    RootKey::generate(1).expect("root"),
+                    UnixMillis::from_secs(0),
+                ),
                 None,
             )
             .await
@@ -631,11 +644,16 @@ mod tests {
 
         // The root key was rotated: it has been in use.
         let store = MemoryStore::new();
-        let mut roots = RootKeySet::new(RootKey::generate(1).expect("root"), 0);
+        let mut roots = RootKeySet::new(
+            RootKey::generate(1).expect("root"),
+            UnixMillis::from_secs(0),
+        );
         roots
             .insert(RootKey::generate(2).expect("root"))
             .expect("v2");
-        roots.set_current(2, 10).expect("current");
+        roots
+            .set_current(2, UnixMillis::from_secs(10))
+            .expect("current");
         roots.remove(1).expect("remove v1");
         store.put_root_keys(&roots, None).await.expect("roots");
         let message = refusal(store).await;
@@ -656,7 +674,10 @@ mod tests {
         let store = MemoryStore::new();
         store
             .put_root_keys(
-                &RootKeySet::new(RootKey::generate(1).expect("root"), 0),
+                &RootKeySet::new(
+                    RootKey::generate(1).expect("root"),
+                    UnixMillis::from_secs(0),
+                ),
                 None,
             )
             .await
@@ -674,7 +695,10 @@ mod tests {
             .await
             .expect("first");
         keys.ensure_environment("shop").await.expect("env");
-        let other = RootKeySet::new(RootKey::generate(1).expect("another key"), 0);
+        let other = RootKeySet::new(
+            RootKey::generate(1).expect("another key"),
+            UnixMillis::from_secs(0),
+        );
         let stored = store.root_keys().await.expect("read").expect("roots");
         store
             .put_root_keys(&other, Some(&stored.resource_version))

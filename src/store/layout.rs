@@ -4,7 +4,7 @@
 //!
 //! | Secret | data | what |
 //! |---|---|---|
-//! | `monivault-root-key` | `v<N>` (raw 32 bytes each), `current`, `since` (decimal) | [`RootKeySet`] |
+//! | `monivault-root-key` | `v<N>` (raw 32 bytes each), `current`, `sinceMs` (decimal; `since` in seconds before) | [`RootKeySet`] |
 //! | `monivault-keyring` | `head.json` | [`KeyringHead`] |
 //! | `monivault-env-<sha256("<ns>")[..40 hex]>` | `keyring.json` | one environment's [`Keyring`] |
 //! | `monivault-item-<sha256("<ns>/<name>")[..40 hex]>` | `record.json` | [`ItemRecord`] |
@@ -35,13 +35,15 @@ use super::{
     HEAD_FORMAT, ItemKey, ItemRecord, KeyringHead, Listing, RootKeySet, StoreError, StoredKeyring,
     Unreadable, Versioned,
 };
-use crate::crypto::Keyring;
+use crate::crypto::{Keyring, UnixMillis};
 
 pub const ROOT_KEY_SECRET: &str = "monivault-root-key";
 /// The root key Secret's data key naming the current version.
 pub const ROOT_KEY_CURRENT: &str = "current";
-/// The root key Secret's data key dating the current version.
-pub const ROOT_KEY_SINCE: &str = "since";
+/// The root key Secret's data key dating the current version, in Unix milliseconds.
+pub const ROOT_KEY_SINCE: &str = "sinceMs";
+/// The same in whole seconds, as versions before millisecond key times wrote it.
+pub const ROOT_KEY_SINCE_SECONDS: &str = "since";
 pub const KEYRING_SECRET: &str = "monivault-keyring";
 /// The keyring head's data key.
 pub const HEAD_DATA: &str = "head.json";
@@ -368,7 +370,7 @@ pub(crate) fn root_key_secret(keys: &RootKeySet) -> Result<WipeOnDrop, StoreErro
     if let Some(since) = keys.since() {
         data.insert(
             ROOT_KEY_SINCE.to_owned(),
-            ByteString(since.to_string().into_bytes()),
+            ByteString(since.as_millis().to_string().into_bytes()),
         );
     }
     // Guarded from here on, so the bytes are wiped on every path, errors included.
@@ -391,7 +393,14 @@ pub(crate) fn parse_root_keys(secret: &Secret) -> Result<RootKeySet, StoreError>
         .ok_or_else(|| corrupt("it has no data".into()))?;
     let mut current = None;
     let mut since = None;
+    let mut since_seconds = None;
     let mut keys: BTreeMap<u32, RootKeyBytes> = BTreeMap::new();
+    let decimal = |value: &ByteString, name: &str| {
+        std::str::from_utf8(&value.0)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .ok_or_else(|| corrupt(format!("{name} is not a decimal time")))
+    };
     for (name, value) in data {
         if name == ROOT_KEY_CURRENT {
             let version = std::str::from_utf8(&value.0)
@@ -400,11 +409,9 @@ pub(crate) fn parse_root_keys(secret: &Secret) -> Result<RootKeySet, StoreError>
                 .ok_or_else(|| corrupt(format!("{ROOT_KEY_CURRENT} is not a decimal version")))?;
             current = Some(version);
         } else if name == ROOT_KEY_SINCE {
-            let at = std::str::from_utf8(&value.0)
-                .ok()
-                .and_then(|s| s.trim().parse::<i64>().ok())
-                .ok_or_else(|| corrupt(format!("{ROOT_KEY_SINCE} is not a decimal time")))?;
-            since = Some(at);
+            since = Some(UnixMillis::from_millis(decimal(value, name)?));
+        } else if name == ROOT_KEY_SINCE_SECONDS {
+            since_seconds = Some(UnixMillis::from_secs(decimal(value, name)?));
         } else if let Some(version) = parse_version_key(name) {
             let bytes: &[u8; 32] = value
                 .0
@@ -423,7 +430,11 @@ pub(crate) fn parse_root_keys(secret: &Secret) -> Result<RootKeySet, StoreError>
             "{ROOT_KEY_CURRENT} names version {current}, which it does not hold"
         )));
     }
-    Ok(RootKeySet::from_parts(current, since, keys))
+    Ok(RootKeySet::from_parts(
+        current,
+        since.or(since_seconds),
+        keys,
+    ))
 }
 
 /// `v<N>` with `N` in canonical decimal (so `v1` and `v01` cannot both exist).
@@ -579,24 +590,49 @@ mod tests {
 
     #[test]
     fn root_key_secret_round_trips() {
-        let mut set = RootKeySet::new(RootKey::from_bytes(1, &[1u8; 32]).expect("key"), 10);
+        let mut set = RootKeySet::new(
+            RootKey::from_bytes(1, &[1u8; 32]).expect("key"),
+            UnixMillis::from_secs(10),
+        );
         set.insert(RootKey::from_bytes(2, &[2u8; 32]).expect("key"))
             .expect("insert");
-        set.set_current(2, 1_800_000_000).expect("current");
+        set.set_current(2, UnixMillis::from_millis(1_800_000_000_250))
+            .expect("current");
         let secret = root_key_secret(&set).expect("secret");
         let data = secret.0.data.as_ref().expect("data");
         assert_eq!(
             data.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["current", "since", "v1", "v2"]
+            ["current", "sinceMs", "v1", "v2"]
         );
+        assert_eq!(data["sinceMs"].0, b"1800000000250");
         assert_eq!(data["current"].0, b"2");
         assert_eq!(data["v1"].0, [1u8; 32]);
         assert_eq!(secret.0.type_.as_deref(), Some("Opaque"));
         let parsed = parse_root_keys(&secret.0).expect("parse");
         assert_eq!(parsed.current(), 2);
-        assert_eq!(parsed.since(), Some(1_800_000_000));
+        assert_eq!(
+            parsed.since(),
+            Some(UnixMillis::from_millis(1_800_000_000_250))
+        );
         assert_eq!(parsed.versions(), vec![1, 2]);
         assert_eq!(parsed.key(1).expect("v1").expose_bytes(), &[1u8; 32]);
+    }
+
+    #[test]
+    fn a_root_key_secret_dated_in_whole_seconds_still_parses() {
+        let key = [3u8; 32];
+        let legacy = [
+            ("current", &b"3"[..]),
+            ("since", b"1800000000"),
+            ("v3", &key),
+        ];
+        let parsed = parse_root_keys(&data(&legacy)).expect("parse");
+        assert_eq!(parsed.since(), Some(UnixMillis::from_secs(1_800_000_000)));
+        // Written back, it says milliseconds only.
+        let secret = root_key_secret(&parsed).expect("secret");
+        let written = secret.0.data.as_ref().expect("data");
+        assert!(!written.contains_key("since"));
+        assert_eq!(written["sinceMs"].0, b"1800000000000");
     }
 
     #[test]
@@ -660,9 +696,9 @@ mod tests {
 
     fn one_environment(namespace: &str) -> Keyring {
         let root = RootKey::from_bytes(1, &[1u8; 32]).expect("key");
-        let mut keyring = Keyring::new(&root, 0);
+        let mut keyring = Keyring::new(&root, UnixMillis::from_secs(0));
         keyring
-            .ensure_environment(&root, namespace, 0)
+            .ensure_environment(&root, namespace, UnixMillis::from_secs(0))
             .expect("environment");
         keyring
     }
@@ -689,7 +725,8 @@ mod tests {
         assert!(environment_secret("team", &shop).is_err());
         let root = RootKey::from_bytes(1, &[1u8; 32]).expect("key");
         let mut two = shop.clone();
-        two.ensure_environment(&root, "team", 0).expect("env");
+        two.ensure_environment(&root, "team", UnixMillis::from_secs(0))
+            .expect("env");
         assert!(environment_secret("shop", &two).is_err());
 
         // A Secret renamed or re-annotated to pass for another namespace does not parse.

@@ -267,7 +267,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::crypto::RootKey;
+    use crate::crypto::{RootKey, UnixMillis};
 
     fn record(uid: &str) -> ItemRecord {
         ItemRecord {
@@ -329,7 +329,10 @@ mod tests {
     async fn clones_share_state_and_root_keys_round_trip() {
         let store = MemoryStore::new();
         let replica = store.clone();
-        let set = RootKeySet::new(RootKey::from_bytes(7, &[9u8; 32]).expect("key"), 0);
+        let set = RootKeySet::new(
+            RootKey::from_bytes(7, &[9u8; 32]).expect("key"),
+            UnixMillis::from_secs(0),
+        );
         store.put_root_keys(&set, None).await.expect("create");
         let read = replica.root_keys().await.expect("read").expect("present");
         assert_eq!(read.value.current(), 7);
@@ -343,8 +346,10 @@ mod tests {
     /// `shop`'s keys, stored, with the keyring they were made in.
     async fn shop(store: &MemoryStore) -> (RootKey, Keyring) {
         let root = RootKey::from_bytes(1, &[1u8; 32]).expect("key");
-        let mut keyring = Keyring::new(&root, 0);
-        keyring.ensure_environment(&root, "shop", 0).expect("env");
+        let mut keyring = Keyring::new(&root, UnixMillis::from_secs(0));
+        keyring
+            .ensure_environment(&root, "shop", UnixMillis::from_secs(0))
+            .expect("env");
         store
             .put_environment("shop", &keyring, None)
             .await
@@ -385,19 +390,19 @@ mod tests {
             .expect("present");
         assert_eq!(stored.resource_version, rv, "nothing was written");
         let changed = super::super::update_environment(&store, "shop", |k| {
-            k.root_key_since = 42;
+            k.root_key_since = UnixMillis::from_secs(42);
             Ok::<_, StoreError>(true)
         })
         .await
         .expect("write");
-        assert_eq!(changed.root_key_since, 42);
+        assert_eq!(changed.root_key_since, UnixMillis::from_secs(42));
         let stored = store
             .environment("shop")
             .await
             .expect("read")
             .expect("present");
         assert_ne!(stored.resource_version, rv);
-        assert_eq!(stored.value.root_key_since, 42);
+        assert_eq!(stored.value.root_key_since, UnixMillis::from_secs(42));
     }
 
     #[tokio::test]
@@ -411,7 +416,7 @@ mod tests {
             // Another writer sneaks in between every read and write.
             let stored = store.lock().secrets[&name].clone();
             store.insert_raw(stored);
-            k.root_key_since += 1;
+            k.root_key_since = k.root_key_since.plus(std::time::Duration::from_millis(1));
             Ok::<_, StoreError>(true)
         })
         .await;
@@ -448,7 +453,7 @@ mod tests {
             .expect("present")
             .resource_version;
         super::super::update_environment(&store, "shop", |k| {
-            k.root_key_since = 1;
+            k.root_key_since = UnixMillis::from_secs(1);
             Ok::<_, StoreError>(true)
         })
         .await

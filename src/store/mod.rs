@@ -34,7 +34,7 @@ use std::future::Future;
 
 pub use error::StoreError;
 pub use head::{HEAD_FORMAT, KeyringHead, StoredKeyring};
-pub use keys::{KeyError, Keys, ROOT_KEY_RELOAD, unix_now};
+pub use keys::{KeyError, Keys, ROOT_KEY_RELOAD, now_millis, unix_now};
 pub use memory::MemoryStore;
 pub use record::{ItemKey, ItemRecord};
 pub use root_keys::RootKeySet;

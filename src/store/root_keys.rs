@@ -6,7 +6,7 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 use super::StoreError;
-use crate::crypto::RootKey;
+use crate::crypto::{RootKey, UnixMillis};
 
 /// Root key bytes, wiped when dropped. On the heap (a boxed slice, always 32 long), so
 /// storing one in the map moves a pointer and leaves no stack copy behind.
@@ -30,16 +30,16 @@ pub(crate) fn root_key_bytes(bytes: &[u8; 32]) -> RootKeyBytes {
 /// are not copied by accident; `Debug` prints versions only.
 pub struct RootKeySet {
     current: u32,
-    /// Unix seconds when `current` became current: the root key's age, and how long ago
-    /// the version before it stopped signing. `None` in a Secret written before it was
-    /// kept (the split of a one-Secret keyring fills it in).
-    since: Option<i64>,
+    /// When `current` became current: the root key's age, and how long ago the version
+    /// before it stopped signing. `None` in a Secret written before it was kept (the split
+    /// of a one-Secret keyring fills it in).
+    since: Option<UnixMillis>,
     keys: BTreeMap<u32, RootKeyBytes>,
 }
 
 impl RootKeySet {
     /// A set holding `first`, current since `now`.
-    pub fn new(first: RootKey, now: i64) -> Self {
+    pub fn new(first: RootKey, now: UnixMillis) -> Self {
         let current = first.version();
         RootKeySet {
             current,
@@ -52,7 +52,7 @@ impl RootKeySet {
     /// `keys` and that `keys` is not empty.
     pub(crate) fn from_parts(
         current: u32,
-        since: Option<i64>,
+        since: Option<UnixMillis>,
         keys: BTreeMap<u32, RootKeyBytes>,
     ) -> Self {
         RootKeySet {
@@ -71,14 +71,14 @@ impl RootKeySet {
         self.current
     }
 
-    /// Unix seconds when the current version became current, if known.
-    pub fn since(&self) -> Option<i64> {
+    /// When the current version became current, if known.
+    pub fn since(&self) -> Option<UnixMillis> {
         self.since
     }
 
     /// Records when the current version became current, where a Secret written before
     /// this was kept does not say.
-    pub fn set_since(&mut self, since: i64) {
+    pub fn set_since(&mut self, since: UnixMillis) {
         self.since = Some(since);
     }
 
@@ -127,7 +127,7 @@ impl RootKeySet {
     }
 
     /// Makes a stored version current, from `now` on.
-    pub fn set_current(&mut self, version: u32, now: i64) -> Result<(), StoreError> {
+    pub fn set_current(&mut self, version: u32, now: UnixMillis) -> Result<(), StoreError> {
         if !self.keys.contains_key(&version) {
             return Err(StoreError::NotFound {
                 what: format!("root key version {version}"),
@@ -179,19 +179,32 @@ mod tests {
 
     #[test]
     fn rotation_steps_keep_current_present() {
-        let mut set = RootKeySet::new(key(1, 1), 100);
-        assert_eq!((set.current(), set.since()), (1, Some(100)));
+        let mut set = RootKeySet::new(key(1, 1), UnixMillis::from_secs(100));
+        assert_eq!(
+            (set.current(), set.since()),
+            (1, Some(UnixMillis::from_secs(100)))
+        );
         assert!(set.insert(key(2, 2)).expect("insert"), "added");
         assert!(!set.insert(key(2, 2)).expect("re-insert"), "idempotent");
         assert!(set.insert(key(2, 3)).is_err(), "different bytes under v2");
         assert_eq!(set.current(), 1, "insert does not switch");
         assert!(set.remove(1).is_err(), "current cannot go");
         assert_eq!(set.newest(), 2);
-        set.set_current(2, 200).expect("switch");
-        assert_eq!(set.since(), Some(200), "the switch is dated");
-        set.set_current(2, 300).expect("again");
-        assert_eq!(set.since(), Some(200), "staying current keeps the date");
-        assert!(set.set_current(9, 400).is_err());
+        set.set_current(2, UnixMillis::from_secs(200))
+            .expect("switch");
+        assert_eq!(
+            set.since(),
+            Some(UnixMillis::from_secs(200)),
+            "the switch is dated"
+        );
+        set.set_current(2, UnixMillis::from_secs(300))
+            .expect("again");
+        assert_eq!(
+            set.since(),
+            Some(UnixMillis::from_secs(200)),
+            "staying current keeps the date"
+        );
+        assert!(set.set_current(9, UnixMillis::from_secs(400)).is_err());
         assert!(set.remove(1).expect("remove"), "removed");
         assert!(!set.remove(1).expect("again"), "already gone");
         assert_eq!(set.versions(), vec![2]);
@@ -204,12 +217,12 @@ mod tests {
 
     #[test]
     fn debug_prints_versions_only() {
-        let mut set = RootKeySet::new(key(1, 0xAB), 7);
+        let mut set = RootKeySet::new(key(1, 0xAB), UnixMillis::from_secs(7));
         set.insert(key(2, 0xCD)).expect("insert");
         let debug = format!("{set:?}");
         assert_eq!(
             debug,
-            "RootKeySet { current: 1, since: Some(7), versions: [1, 2] }"
+            "RootKeySet { current: 1, since: Some(UnixMillis(7000)), versions: [1, 2] }"
         );
     }
 }

@@ -14,7 +14,7 @@ use kube::api::{Api, ListParams};
 use monivault::api::VaultItem;
 use monivault::api::condition::{ConditionStatus, READY, find_condition};
 use monivault::controller::rotation::{ReencryptProgress, reencrypt_progress};
-use monivault::crypto::Keyring;
+use monivault::crypto::{Keyring, UnixMillis};
 use monivault::store::{ItemKey, ItemRecord, Listing, SecretStore, Store, StoreError};
 use serde::Serialize;
 
@@ -103,8 +103,10 @@ pub struct Status {
     pub unreadable_environments: Vec<String>,
 }
 
-fn time(unix: i64) -> Option<String> {
-    Timestamp::from_second(unix).ok().map(|t| t.to_string())
+fn time(at: UnixMillis) -> Option<String> {
+    Timestamp::from_millisecond(at.as_millis())
+        .ok()
+        .map(|t| t.to_string())
 }
 
 /// The status of `namespace`'s environment, from its keys, the record listing and its
@@ -382,9 +384,9 @@ mod tests {
     #[test]
     fn an_environment_shows_its_versions_progress_and_last_rotation() {
         let root = RootKey::generate(1).expect("root");
-        let mut keyring = Keyring::new(&root, 1_000);
+        let mut keyring = Keyring::new(&root, UnixMillis::from_millis(1_000_250));
         keyring
-            .ensure_environment(&root, "shop", 1_000)
+            .ensure_environment(&root, "shop", UnixMillis::from_millis(1_000_250))
             .expect("environment");
         let records = Listing {
             items: Vec::new(),
@@ -403,7 +405,7 @@ mod tests {
         assert_eq!(status.reencryption.remaining, 0);
         assert_eq!(
             status.last_rotation.as_deref(),
-            Some("1970-01-01T00:16:40Z")
+            Some("1970-01-01T00:16:40.25Z")
         );
         assert!(environment_status("other", &keyring, &records, &items).is_none());
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::duration::parse_period;
-use crate::crypto::RotationPolicy;
+use crate::crypto::{RotationPolicy, UnixMillis};
 
 use super::{KeyKind, RotationConfig, RotationError, root_key_retire_grace};
 
@@ -85,8 +85,8 @@ impl RotationArgs {
     }
 }
 
-/// Parses a rotation request: `data-key@2026-11-27T22:00:00Z` → (kind, Unix seconds).
-pub fn parse_request(value: &str) -> Result<(KeyKind, i64), RotationError> {
+/// Parses a rotation request: `data-key@2026-11-27T22:00:00Z` → (kind, the moment).
+pub fn parse_request(value: &str) -> Result<(KeyKind, UnixMillis), RotationError> {
     let invalid = |reason: String| RotationError::Invalid {
         what: "rotation request",
         reason,
@@ -109,13 +109,13 @@ pub fn parse_request(value: &str) -> Result<(KeyKind, i64), RotationError> {
     let at: Timestamp = at
         .parse()
         .map_err(|_| invalid(format!("{at:?} is not an RFC 3339 time")))?;
-    Ok((kind, at.as_second()))
+    Ok((kind, UnixMillis::from_millis(at.as_millisecond())))
 }
 
-/// Parses an RFC 3339 time into Unix seconds (for `--requested-at`).
-pub fn parse_time(text: &str) -> Result<i64, String> {
+/// Parses an RFC 3339 time into Unix milliseconds (for `--requested-at`).
+pub fn parse_time(text: &str) -> Result<UnixMillis, String> {
     text.parse::<Timestamp>()
-        .map(|t| t.as_second())
+        .map(|t| UnixMillis::from_millis(t.as_millisecond()))
         .map_err(|_| format!("{text:?} is not an RFC 3339 time, e.g. 2026-11-27T22:00:00Z"))
 }
 
@@ -141,7 +141,7 @@ pub struct RotateArgs {
     /// Rotate only keys created before this RFC 3339 time (default: now). Re-running
     /// with the same time completes an interrupted rotation and never rotates twice.
     #[arg(long, value_parser = parse_time)]
-    pub requested_at: Option<i64>,
+    pub requested_at: Option<UnixMillis>,
     /// Data keys: re-encrypt every record and destroy the old key before returning.
     /// Root key: wait out the retire grace and remove old versions no stamp names. Without
     /// it, the operator's background loop does that.

@@ -3,7 +3,7 @@
 
 use crate::crypto::RotationPolicy;
 use crate::store::Store;
-use crate::store::{Keys, unix_now};
+use crate::store::{Keys, now_millis};
 
 use super::{KeyKind, Reporting, RotationError, Trigger, change_environment};
 
@@ -57,7 +57,7 @@ async fn rotate_environment_key<S: Store>(
     policy: &RotationPolicy,
     reporting: &Reporting,
 ) -> Result<Option<u32>, RotationError> {
-    let now = unix_now();
+    let now = now_millis();
     let mut rotated = None;
     change_environment(keys, namespace, |keyring, root| {
         rotated = None;
@@ -115,7 +115,7 @@ pub async fn prune_sealing_keys<S: Store>(
     namespace: &str,
     policy: &RotationPolicy,
 ) -> Result<Vec<u32>, RotationError> {
-    let now = unix_now();
+    let now = now_millis();
     let mut pruned = Vec::new();
     change_environment(keys, namespace, |keyring, _| {
         pruned = keyring.prune_sealing_keys(namespace, now, policy)?;

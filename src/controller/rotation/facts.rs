@@ -19,6 +19,7 @@ use super::{KeyKind, ROTATE_ANNOTATION, RotationError, parse_request};
 use crate::api::monitor::Monitor;
 use crate::api::monitor_run::MonitorRun;
 use crate::api::vault_section::VaultSection;
+use crate::crypto::UnixMillis;
 use crate::stamp::root_version_of;
 
 /// Objects per list page.
@@ -30,7 +31,7 @@ pub trait ClusterFacts: Send + Sync {
     /// Malformed requests are logged and left out.
     fn rotation_requests(
         &self,
-    ) -> impl Future<Output = Result<BTreeMap<(String, KeyKind), i64>, RotationError>> + Send;
+    ) -> impl Future<Output = Result<BTreeMap<(String, KeyKind), UnixMillis>, RotationError>> + Send;
 
     /// The namespaces that exist and are not being deleted; `None` if this cannot be told
     /// (then no environment is dropped).
@@ -97,7 +98,9 @@ where
 }
 
 impl ClusterFacts for KubeFacts {
-    async fn rotation_requests(&self) -> Result<BTreeMap<(String, KeyKind), i64>, RotationError> {
+    async fn rotation_requests(
+        &self,
+    ) -> Result<BTreeMap<(String, KeyKind), UnixMillis>, RotationError> {
         let sections = all_metadata(&self.api::<VaultSection>(), "VaultSections").await?;
         let mut requests = BTreeMap::new();
         for section in sections {

@@ -39,8 +39,8 @@ use std::time::Duration;
 
 use kube::Client;
 
-use crate::crypto::{CryptoError, Environment, Keyring, RootKey, RotationPolicy};
-use crate::store::{KeyError, Keys, ROOT_KEY_RELOAD, unix_now};
+use crate::crypto::{CryptoError, Environment, Keyring, RootKey, RotationPolicy, UnixMillis};
+use crate::store::{KeyError, Keys, ROOT_KEY_RELOAD, now_millis};
 use crate::store::{SecretStore, Store, StoreError, Versioned};
 
 pub use args::{
@@ -140,13 +140,13 @@ pub enum Trigger {
     Schedule,
     /// Asked for at this time (Unix seconds): only if the current key is older than that,
     /// and not before that time.
-    Requested { at: i64 },
+    Requested { at: UnixMillis },
 }
 
 impl Trigger {
     /// Whether a key created at `created_at` (`None`: there is no current key) should be
     /// replaced, given whether the policy says it is `due`.
-    fn applies(self, created_at: Option<i64>, due: bool, now: i64) -> bool {
+    fn applies(self, created_at: Option<UnixMillis>, due: bool, now: UnixMillis) -> bool {
         match self {
             Trigger::Schedule => due,
             Trigger::Requested { at } => at <= now && created_at.is_none_or(|c| c < at),
@@ -256,7 +256,7 @@ fn in_scope<'a>(
 /// listed keys, so ten thousand idle environments cost no request each.
 fn needs_attention(
     env: &Environment,
-    now: i64,
+    now: UnixMillis,
     policy: &RotationPolicy,
     data_request: Option<Trigger>,
     sealing_request: Option<Trigger>,
@@ -270,7 +270,7 @@ fn needs_attention(
         || env.data_keys.len() > 1
         || env.sealing_keys.values().any(|k| {
             k.superseded_at
-                .is_some_and(|at| now.saturating_sub(at) >= policy.sealing_key_retention)
+                .is_some_and(|at| now.secs_since(at) >= policy.sealing_key_retention)
         })
 }
 
@@ -313,7 +313,7 @@ pub async fn check_once<S: Store, F: ClusterFacts>(
         tracing::warn!(error = %e, "cannot read rotation requests");
         BTreeMap::new()
     });
-    let now = unix_now();
+    let now = now_millis();
     let due: Vec<String> = in_scope(&listing, scope)
         .filter(|(namespace, keyring)| {
             let requested = |kind| {
@@ -406,8 +406,8 @@ pub async fn rotate_command(
 ) -> Result<Vec<String>, RotationError> {
     let store = Arc::new(SecretStore::new(client.clone(), &args.namespace));
     let keys = Keys::bootstrap(store).await?;
-    let at = args.requested_at.unwrap_or_else(unix_now);
-    if at > unix_now() {
+    let at = args.requested_at.unwrap_or_else(now_millis);
+    if at > now_millis() {
         return Err(RotationError::Invalid {
             what: "--requested-at",
             reason: "it is in the future; a request is honoured once its time has come".into(),
@@ -422,12 +422,12 @@ pub async fn rotate_command(
         if args.wait
             && let Some(ends) = state.grace_ends
         {
-            let left = ends.saturating_sub(unix_now()).max(0).saturating_add(1);
+            let left = now_millis().until(ends);
             tracing::info!(
-                seconds = left,
+                seconds = left.as_secs_f64(),
                 "waiting out the old root key's retire grace"
             );
-            tokio::time::sleep(Duration::from_secs(left.unsigned_abs())).await;
+            tokio::time::sleep(left).await;
             state = rotate_root_key(&keys, &facts, trigger, &config, &reporting).await?;
         }
         let note = if state.finished() {

@@ -14,8 +14,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::crypto::Keyring;
-use crate::store::{Keys, Listing, Store, unix_now};
+use crate::crypto::{Keyring, UnixMillis};
+use crate::store::{Keys, Listing, Store, now_millis};
 
 use super::{Reporting, RotationConfig, RotationError};
 
@@ -43,7 +43,7 @@ pub async fn prune_orphaned_environments<S: Store>(
 ) -> Result<OrphanOutcome, RotationError> {
     let store = keys.store();
     let grace = i64::try_from(config.deleted_namespace_grace.as_secs()).unwrap_or(i64::MAX);
-    let now = unix_now();
+    let now = now_millis();
     let mut outcome = OrphanOutcome::default();
     for (namespace, stored) in &listing.items {
         if scope.is_some_and(|s| s != namespace) {
@@ -60,7 +60,7 @@ pub async fn prune_orphaned_environments<S: Store>(
                 Ok(_) => {
                     tracing::warn!(
                         %namespace,
-                        gone_since = env.orphaned_since,
+                        gone_since = env.orphaned_since.map(UnixMillis::as_secs),
                         "dropped the keys of a deleted namespace; values sealed for it no longer open"
                     );
                     outcome.dropped.push(namespace.clone());

@@ -8,9 +8,9 @@ use std::time::Duration;
 use governor::Quota;
 
 use crate::crypto::{CryptoError, DataCipher, EnvelopeKind, ItemBinding, key_version_of};
-use crate::crypto::{Environment, reencrypt};
+use crate::crypto::{Environment, UnixMillis, reencrypt};
 use crate::store::{ItemKey, ItemRecord, Listing, Store, Versioned};
-use crate::store::{Keys, unix_now};
+use crate::store::{Keys, now_millis};
 
 use super::{Reporting, RotationConfig, RotationError, change_environment, read_environment};
 
@@ -295,7 +295,7 @@ pub async fn retire_unused_data_keys<S: Store>(
     reporting: &Reporting,
 ) -> Result<Vec<u32>, RotationError> {
     let keyring = read_environment(keys.store(), namespace).await?.value;
-    if !grace_elapsed(keyring.environment(namespace)?, grace, unix_now()) {
+    if !grace_elapsed(keyring.environment(namespace)?, grace, now_millis()) {
         return Ok(Vec::new());
     }
     if keyring.environment(namespace)?.data_keys.len() <= 1 {
@@ -325,7 +325,7 @@ pub async fn retire_unused_data_keys<S: Store>(
             }
         }
     }
-    let now = unix_now();
+    let now = now_millis();
     let mut retired = Vec::new();
     change_environment(keys, namespace, |keyring, _| {
         retired.clear();
@@ -350,11 +350,9 @@ pub async fn retire_unused_data_keys<S: Store>(
     Ok(retired)
 }
 
-fn grace_elapsed(env: &Environment, grace: Duration, now: i64) -> bool {
-    let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-    env.data_keys
-        .get(&env.current_data_key)
-        .is_some_and(|k| now.saturating_sub(k.created_at) >= grace)
+fn grace_elapsed(env: &Environment, grace: Duration, now: UnixMillis) -> bool {
+    env.current_data_key_since()
+        .is_some_and(|since| since.plus(grace) <= now)
 }
 
 /// Where a data key rotation of one environment stands.
@@ -397,14 +395,16 @@ pub async fn finish_data_key_rotation<S: Store>(
         let env = keyring.environment(namespace)?;
         if env.data_keys.len() > 1 {
             let created = env
-                .data_keys
-                .get(&env.current_data_key)
-                .map_or(0, |k| k.created_at);
-            let grace = i64::try_from(config.retire_grace.as_secs()).unwrap_or(i64::MAX);
-            let left = created.saturating_add(grace).saturating_sub(unix_now());
-            if left > 0 {
-                tracing::info!(namespace, seconds = left, "waiting out the retire grace");
-                tokio::time::sleep(Duration::from_secs(left.unsigned_abs())).await;
+                .current_data_key_since()
+                .unwrap_or(UnixMillis::from_millis(0));
+            let left = now_millis().until(created.plus(config.retire_grace));
+            if !left.is_zero() {
+                tracing::info!(
+                    namespace,
+                    seconds = left.as_secs_f64(),
+                    "waiting out the retire grace"
+                );
+                tokio::time::sleep(left).await;
             }
         }
     }

@@ -22,10 +22,9 @@
 //! reloaded) is re-wrapped by step 2 of the next check.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use crate::crypto::{RootKey, RotationPolicy};
-use crate::store::{KeyError, Keys, RootKeySet, Store, unix_now};
+use crate::crypto::{RootKey, RotationPolicy, UnixMillis};
+use crate::store::{KeyError, Keys, RootKeySet, Store, now_millis};
 
 use super::reencrypt::rate_limiter;
 use super::{ATTEMPTS, ClusterFacts, KeyKind, Reporting, RotationConfig, RotationError, Trigger};
@@ -37,7 +36,7 @@ pub struct RootKeyState {
     /// Every version still stored, current included.
     pub versions: Vec<u32>,
     /// When the retire grace of the old versions ends, if it has not yet.
-    pub grace_ends: Option<i64>,
+    pub grace_ends: Option<UnixMillis>,
 }
 
 impl RootKeyState {
@@ -79,14 +78,10 @@ pub async fn rotate_root_key<S: Store, F: ClusterFacts>(
     })
 }
 
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
-}
-
-fn root_key_due(roots: &RootKeySet, now: i64, policy: &RotationPolicy) -> bool {
+fn root_key_due(roots: &RootKeySet, now: UnixMillis, policy: &RotationPolicy) -> bool {
     roots
         .since()
-        .is_some_and(|since| now.saturating_sub(since) >= policy.root_key_max_age)
+        .is_some_and(|since| now.secs_since(since) >= policy.root_key_max_age)
 }
 
 /// One step of the root key rotation, chosen from the stored state alone.
@@ -102,7 +97,7 @@ async fn root_step<S: Store, F: ClusterFacts>(
     let roots = store.root_keys().await?.ok_or(KeyError::RootKeyMissing)?;
     let newest = roots.value.newest();
     let current = roots.value.current();
-    let now = unix_now();
+    let now = now_millis();
     // With a single version, no environment can be under another (step 4 removes one only
     // when none is, and the grace outlasts every replica's reload): skip the listing.
     let environments = if roots.value.versions().len() > 1 {
@@ -194,8 +189,8 @@ async fn root_step<S: Store, F: ClusterFacts>(
             let ends = roots
                 .value
                 .since()
-                .unwrap_or(0)
-                .saturating_add(secs(config.root_key_retire_grace));
+                .unwrap_or(UnixMillis::from_millis(0))
+                .plus(config.root_key_retire_grace);
             if !environments.unreadable.is_empty() {
                 tracing::warn!(
                     versions = ?old,

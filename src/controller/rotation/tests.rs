@@ -150,7 +150,7 @@ fn all_namespaces() -> Vec<&'static str> {
 async fn seeded() -> MemoryStore {
     let store = MemoryStore::new();
     let root = RootKey::generate(1).expect("root");
-    let hour_ago = unix_now() - 3600;
+    let hour_ago = UnixMillis::from_secs(now_millis().as_secs() - 3600);
     let mut keyring = Keyring::new(&root, hour_ago);
     for ns in all_namespaces() {
         keyring
@@ -192,7 +192,7 @@ async fn seeded() -> MemoryStore {
             .expect("environment");
     }
     store
-        .put_keyring_head(&KeyringHead::new(hour_ago), None)
+        .put_keyring_head(&KeyringHead::new(hour_ago.as_secs()), None)
         .await
         .expect("head");
     store
@@ -273,7 +273,7 @@ struct TestFacts {
     live: Option<BTreeSet<String>>,
     stamps: std::sync::Mutex<BTreeSet<u32>>,
     stamps_unreadable: AtomicBool,
-    requests: BTreeMap<(String, KeyKind), i64>,
+    requests: BTreeMap<(String, KeyKind), UnixMillis>,
 }
 
 impl TestFacts {
@@ -289,7 +289,9 @@ impl TestFacts {
 }
 
 impl ClusterFacts for TestFacts {
-    async fn rotation_requests(&self) -> Result<BTreeMap<(String, KeyKind), i64>, RotationError> {
+    async fn rotation_requests(
+        &self,
+    ) -> Result<BTreeMap<(String, KeyKind), UnixMillis>, RotationError> {
         Ok(self.requests.clone())
     }
     async fn live_namespaces(&self) -> Result<Option<BTreeSet<String>>, RotationError> {
@@ -321,8 +323,12 @@ async fn rotate_root(
     rotate_root_key(keys, &facts(), trigger, &config(), &Reporting::none()).await
 }
 
+/// A request made after the seeded keys (an hour old) and before any key a test makes, so
+/// that asking again, as a re-run does, never rotates twice.
 fn request() -> Trigger {
-    Trigger::Requested { at: unix_now() }
+    Trigger::Requested {
+        at: UnixMillis::from_secs(now_millis().as_secs() - 1800),
+    }
 }
 
 #[test]
@@ -349,7 +355,7 @@ fn re_encryption_is_paced_one_write_at_a_time() {
 fn rotation_requests_parse() {
     let (kind, at) = parse_request("data-key@2026-11-27T22:00:00Z").expect("parses");
     assert_eq!(kind, KeyKind::DataKey);
-    assert_eq!(at, 1_795_816_800);
+    assert_eq!(at, UnixMillis::from_secs(1_795_816_800));
     assert_eq!(
         parse_request("sealing-key@2026-11-27T22:00:00Z")
             .expect("parses")
@@ -366,25 +372,49 @@ fn rotation_requests_parse() {
 }
 
 #[test]
+fn a_request_in_the_same_second_as_the_key_still_applies() {
+    // Whole-second key times made this false, and such a rotation did nothing.
+    let made = UnixMillis::from_millis(1_800_000_000_200);
+    let asked = Trigger::Requested {
+        at: UnixMillis::from_millis(1_800_000_000_700),
+    };
+    let now = UnixMillis::from_millis(1_800_000_000_900);
+    assert!(asked.applies(Some(made), false, now));
+    let (_, at) = parse_request("data-key@2027-01-15T08:00:00.700Z").expect("parse");
+    assert_eq!(
+        at.as_millis() % 1000,
+        700,
+        "the request keeps its milliseconds"
+    );
+}
+
+#[test]
 fn a_request_applies_once_its_time_has_come_and_only_to_older_keys() {
-    let now = 1000;
-    let at = Trigger::Requested { at: 900 };
+    let now = UnixMillis::from_secs(1000);
+    let at = Trigger::Requested {
+        at: UnixMillis::from_secs(900),
+    };
     assert!(
-        at.applies(Some(800), false, now),
+        at.applies(Some(UnixMillis::from_secs(800)), false, now),
         "key older than the request"
     );
     assert!(
-        !at.applies(Some(900), false, now),
+        !at.applies(Some(UnixMillis::from_secs(900)), false, now),
         "key made for this request"
     );
     assert!(
-        !at.applies(Some(950), false, now),
+        !at.applies(Some(UnixMillis::from_secs(950)), false, now),
         "key newer than the request"
     );
-    let future = Trigger::Requested { at: 1100 };
-    assert!(!future.applies(Some(800), false, now), "not yet");
-    assert!(Trigger::Schedule.applies(Some(0), true, now));
-    assert!(!Trigger::Schedule.applies(Some(0), false, now));
+    let future = Trigger::Requested {
+        at: UnixMillis::from_secs(1100),
+    };
+    assert!(
+        !future.applies(Some(UnixMillis::from_secs(800)), false, now),
+        "not yet"
+    );
+    assert!(Trigger::Schedule.applies(Some(UnixMillis::from_secs(0)), true, now));
+    assert!(!Trigger::Schedule.applies(Some(UnixMillis::from_secs(0)), false, now));
 }
 
 #[tokio::test]
@@ -434,7 +464,7 @@ async fn a_root_key_rotation_killed_after_any_write_finishes_on_restart() {
     let writes = 1 + all_namespaces().len() as i64 + 1 + 1;
     for crash_after in 0..=writes {
         let memory = seeded().await;
-        let at = unix_now();
+        let at = now_millis();
         let first = CrashingStore::new(&memory, Some(crash_after));
         let keys = keys_over(&first).await;
         let result = rotate_root(&keys, Trigger::Requested { at }).await;
@@ -560,7 +590,10 @@ async fn old_root_keys_outlive_the_retire_grace() {
         .expect("rotate");
     assert_eq!(state.versions, vec![1, 2]);
     let since = root_keys(&memory).await.since().expect("dated");
-    assert_eq!(state.grace_ends, Some(since + 3600));
+    assert_eq!(
+        state.grace_ends,
+        Some(since.plus(Duration::from_secs(3600)))
+    );
 }
 
 #[tokio::test]
@@ -595,7 +628,10 @@ async fn every_replica_signs_with_the_new_root_key_within_one_reload_period() {
 }
 
 /// Rotates the data key and finishes; what an operator restart would do.
-async fn data_rotation(keys: &Keys<CrashingStore>, at: i64) -> Result<DataKeyState, RotationError> {
+async fn data_rotation(
+    keys: &Keys<CrashingStore>,
+    at: UnixMillis,
+) -> Result<DataKeyState, RotationError> {
     let config = config();
     rotate_data_key(
         keys,
@@ -613,7 +649,7 @@ async fn data_key_rotation_reencrypts_every_record_and_destroys_the_old_key() {
     let memory = seeded().await;
     let store = CrashingStore::new(&memory, None);
     let keys = keys_over(&store).await;
-    let state = data_rotation(&keys, unix_now()).await.expect("rotate");
+    let state = data_rotation(&keys, now_millis()).await.expect("rotate");
     assert_eq!(
         state,
         DataKeyState {
@@ -654,7 +690,7 @@ async fn progress_counts_the_records_left_on_an_old_data_key() {
     rotate_data_key(
         &keys,
         NS,
-        Trigger::Requested { at: unix_now() },
+        Trigger::Requested { at: now_millis() },
         &config().policy,
         &Reporting::none(),
     )
@@ -692,7 +728,7 @@ async fn a_data_key_rotation_killed_after_any_write_converges_on_restart() {
     let total_writes = 1 + RECORDS as i64 + 1;
     for crash_after in 0..=total_writes {
         let memory = seeded().await;
-        let at = unix_now();
+        let at = now_millis();
         let first = CrashingStore::new(&memory, Some(crash_after));
         let keys = keys_over(&first).await;
         let result = data_rotation(&keys, at).await;
@@ -721,7 +757,7 @@ async fn a_data_key_rotation_killed_after_any_write_converges_on_restart() {
 #[tokio::test]
 async fn racing_rotations_of_one_request_make_one_new_data_key() {
     let memory = seeded().await;
-    let at = unix_now();
+    let at = now_millis();
     let a = keys_over(&CrashingStore::new(&memory, None)).await;
     let b = keys_over(&CrashingStore::new(&memory, None)).await;
     let (ra, rb) = tokio::join!(data_rotation(&a, at), data_rotation(&b, at));
@@ -954,8 +990,10 @@ async fn a_record_whose_envelope_cannot_be_read_keeps_every_key_of_its_namespace
 fn plant_corrupt_environment(memory: &MemoryStore, ns: &str) {
     use k8s_openapi::ByteString;
     let root = RootKey::generate(1).expect("root");
-    let mut keyring = Keyring::new(&root, 0);
-    keyring.ensure_environment(&root, ns, 0).expect("env");
+    let mut keyring = Keyring::new(&root, UnixMillis::from_secs(0));
+    keyring
+        .ensure_environment(&root, ns, UnixMillis::from_secs(0))
+        .expect("env");
     let mut secret = crate::store::layout::environment_secret(ns, &keyring).expect("secret");
     secret.data = Some(BTreeMap::from([(
         crate::store::layout::KEYRING_DATA.to_owned(),
@@ -991,7 +1029,7 @@ async fn a_corrupt_record_elsewhere_stalls_nothing_and_one_here_keeps_this_names
     let memory = seeded().await;
     plant_corrupt_record(&memory, "elsewhere", "broken");
     let keys = keys_over(&CrashingStore::new(&memory, None)).await;
-    let state = data_rotation(&keys, unix_now()).await.expect("rotation");
+    let state = data_rotation(&keys, now_millis()).await.expect("rotation");
     assert_eq!(
         state,
         DataKeyState {
@@ -1007,7 +1045,7 @@ async fn a_corrupt_record_elsewhere_stalls_nothing_and_one_here_keeps_this_names
     let memory = seeded().await;
     plant_corrupt_record(&memory, NS, "broken");
     let keys = keys_over(&CrashingStore::new(&memory, None)).await;
-    let state = data_rotation(&keys, unix_now()).await.expect("rotation");
+    let state = data_rotation(&keys, now_millis()).await.expect("rotation");
     assert_eq!(
         state.versions,
         vec![1, 2],
@@ -1108,9 +1146,10 @@ async fn ten_thousand_environments_still_rotate_prune_and_flush() {
 async fn a_split_of_the_old_keyring_killed_after_any_write_finishes_on_restart() {
     use crate::store::layout;
     let root = RootKey::generate(1).expect("root");
-    let mut old = Keyring::new(&root, 1234);
+    let mut old = Keyring::new(&root, UnixMillis::from_secs(1234));
     for ns in all_namespaces() {
-        old.ensure_environment(&root, ns, 1234).expect("env");
+        old.ensure_environment(&root, ns, UnixMillis::from_secs(1234))
+            .expect("env");
     }
     // One write per environment, the root key's date, the head.
     let writes = all_namespaces().len() as i64 + 2;
@@ -1118,7 +1157,7 @@ async fn a_split_of_the_old_keyring_killed_after_any_write_finishes_on_restart()
         let memory = MemoryStore::new();
         let set = RootKeySet::new(
             RootKey::from_bytes(1, root.expose_bytes()).expect("copy"),
-            0,
+            UnixMillis::from_secs(0),
         );
         let mut secret = layout::root_key_secret(&set).expect("secret");
         if let Some(data) = secret.0.data.as_mut() {
@@ -1145,7 +1184,10 @@ async fn a_split_of_the_old_keyring_killed_after_any_write_finishes_on_restart()
             .map(|(ns, stored)| (ns, stored.value))
             .collect();
         assert_eq!(split, old.split(), "crash after {crash_after}");
-        assert_eq!(root_keys(&memory).await.since(), Some(1234));
+        assert_eq!(
+            root_keys(&memory).await.since(),
+            Some(UnixMillis::from_secs(1234))
+        );
         assert!(matches!(
             memory
                 .keyring_head()
