@@ -178,6 +178,16 @@ struct WebhookArgs {
     /// keep the webhook port reachable from the API server only (a NetworkPolicy).
     #[arg(long, env = "MONIVAULT_WEBHOOK_CLIENT_CA_FILE")]
     webhook_client_ca_file: Option<PathBuf>,
+    /// How long the webhooks keep a SubjectAccessReview's answer (0s: not at all). It is
+    /// also the longest that a revoked `use` still admits that user's monitor writes, and
+    /// that a new grant takes to count.
+    #[arg(
+        long,
+        env = "MONIVAULT_ACCESS_REVIEW_CACHE_TTL",
+        default_value = "10s",
+        value_parser = monivault::api::duration::parse_period
+    )]
+    access_review_cache_ttl: Duration,
 }
 
 impl WebhookArgs {
@@ -214,6 +224,7 @@ impl WebhookArgs {
             limits: webhook::Limits::default(),
             metrics: None,
             client_ca,
+            review_cache_ttl: self.access_review_cache_ttl,
         })
     }
 }

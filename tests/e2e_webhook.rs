@@ -57,6 +57,15 @@ impl World {
         F: FnOnce(Client, String) -> Fut,
         Fut: Future<Output = ()>,
     {
+        World::with_before_and(prefix, before, &[]).await
+    }
+
+    /// [`World::with_before`], with more `monivault run` arguments.
+    async fn with_before_and<F, Fut>(prefix: &str, before: F, operator_args: &[&str]) -> World
+    where
+        F: FnOnce(Client, String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
         let c = cluster();
         let admin = c.admin().await;
         let ns = c.temp_namespace(prefix).await;
@@ -64,7 +73,7 @@ impl World {
         grant_roles(c, &admin, &ns).await;
         before(admin.clone(), ns.clone()).await;
 
-        let op = Operator::start_with_webhooks(c, &store_ns, &ns);
+        let op = Operator::start_with_webhooks_and(c, &store_ns, &ns, operator_args);
         let world = World {
             c,
             login_password: fresh("e2e-webhook-Pa55word"),
@@ -420,6 +429,62 @@ async fn use_on_the_item_or_its_section_allows_the_change_for_users_and_service_
         assert!(refs.user.starts_with(user), "{who}: {}", refs.user);
         assert_eq!(refs.items.len(), 2, "{who}");
     }
+}
+
+#[tokio::test]
+async fn a_revoked_use_stops_admitting_once_the_access_review_cache_ttl_is_over() {
+    let ttl = ["--access-review-cache-ttl", "3s"];
+    let w = World::with_before_and("wh-revoke", |_, _| async {}, &ttl).await;
+    let alice: Api<Monitor> = Api::namespaced(w.as_user("alice", &[]).await, &w.ns);
+    let pp = PatchParams::default();
+    let allowed_url = "https://shop.example.com/login?by=alice";
+    alice
+        .patch("shop", &pp, &url_patch(allowed_url))
+        .await
+        .expect("alice holds use on both items by name");
+
+    // Her grant goes. Within the TTL the webhook may still answer from its cache; after
+    // it, the revocation counts. (The unit tests of the cache pin the TTL itself.)
+    w.api::<RoleBinding>()
+        .delete("alice-uses-shop-items", &Default::default())
+        .await
+        .expect("revoke");
+    let mut attempt = 0;
+    let (code, message) = eventually("the revoked use to be refused", || {
+        attempt += 1;
+        let (alice, url) = (
+            alice.clone(),
+            format!("https://alice.example.net/{attempt}"),
+        );
+        async move {
+            match alice
+                .patch("shop", &PatchParams::default(), &url_patch(&url))
+                .await
+            {
+                Err(kube::Error::Api(status)) => Some((status.code, status.message)),
+                Err(e) => panic!("not an admission answer: {e}"),
+                Ok(_) => None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("\"alice\""), "{message}");
+    assert!(message.contains("shop-api-token, shop-login"), "{message}");
+
+    // What alice wrote while the cache still allowed it was hers to write until then; the
+    // refused write left nothing.
+    let stored = w.monitors().get("shop").await.expect("monitor");
+    assert!(
+        stored.spec.url == allowed_url || stored.spec.url.starts_with("https://alice.example.net/"),
+        "{}",
+        stored.spec.url
+    );
+    let refused_url = format!("https://alice.example.net/{attempt}");
+    assert_ne!(
+        stored.spec.url, refused_url,
+        "the refused write is not stored"
+    );
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! calls.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use kube::Client;
@@ -17,10 +17,11 @@ use super::{
 };
 use crate::store::Keys;
 use crate::store::Store;
+use crate::webhook::review_cache::CachingAuthorizer;
 
 /// The admission decisions, with what they need: the keys (sealing, stamps), an authorizer
 /// and lookups. Production uses SubjectAccessReviews and the API server; tests use tables.
-pub struct Webhooks<S, A = SubjectAccessReviewAuthorizer, L = KubeLookup> {
+pub struct Webhooks<S, A = CachingAuthorizer<SubjectAccessReviewAuthorizer>, L = KubeLookup> {
     keys: Arc<Keys<S>>,
     authorizer: A,
     lookup: L,
@@ -28,10 +29,14 @@ pub struct Webhooks<S, A = SubjectAccessReviewAuthorizer, L = KubeLookup> {
 }
 
 impl<S: Store> Webhooks<S> {
-    pub fn new(client: Client, keys: Arc<Keys<S>>) -> Self {
+    /// Access review answers are kept for `review_cache_ttl` ([`CachingAuthorizer`]).
+    pub fn new(client: Client, keys: Arc<Keys<S>>, review_cache_ttl: Duration) -> Self {
         Webhooks::with(
             keys,
-            SubjectAccessReviewAuthorizer::new(client.clone()),
+            CachingAuthorizer::new(
+                SubjectAccessReviewAuthorizer::new(client.clone()),
+                review_cache_ttl,
+            ),
             KubeLookup::new(client),
         )
     }

@@ -34,6 +34,7 @@ pub mod last_applied;
 pub mod metrics;
 pub mod monitors;
 pub mod registration;
+pub mod review_cache;
 pub mod seal_items;
 pub mod server;
 pub mod serving;

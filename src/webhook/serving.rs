@@ -55,6 +55,9 @@ pub struct WebhookSettings {
     /// PEM of the CA whose client certificates the API server presents; when set, callers
     /// without one are refused at the TLS handshake.
     pub client_ca: Option<Vec<u8>>,
+    /// How long access review answers are kept (zero: not at all); the longest a revoked
+    /// `use` still admits.
+    pub review_cache_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +142,7 @@ pub async fn start<S: Store>(
         }
     };
 
-    let mut webhooks = Webhooks::new(client.clone(), keys);
+    let mut webhooks = Webhooks::new(client.clone(), keys, settings.review_cache_ttl);
     if let Some(metrics) = settings.metrics.clone() {
         webhooks = webhooks.with_metrics(metrics);
     }
