@@ -23,7 +23,8 @@ use monivault::api::monitor::{BasicAuth, BearerAuth, ClientCertificate, MonitorA
 use monivault::api::vault_item::{ItemType, OtpAlgorithm, OtpEncoding};
 use monivault::crypto::Plaintext;
 use monivault::runner::{
-    CheckReport, CheckResult, ClientIdentity, MAX_REDIRECTS, NetworkPolicy, OtpSeed, ResolvedItem,
+    CheckReport, CheckResult, ClientIdentity, MAX_BODY_BYTES, MAX_REDIRECTS,
+    MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS, NetworkPolicy, OtpSeed, ResolvedItem,
     ResolvedItems, Trust, run_check,
 };
 use servers::{PKI, Reply, Seen, handler, http, https, ok, redirect, status};
@@ -968,6 +969,75 @@ async fn a_huge_body_is_read_only_to_the_bound_and_the_excerpt_is_short() {
     );
     let excerpt = report.body_excerpt.expect("excerpt");
     assert_eq!(excerpt.len(), monivault::runner::BODY_EXCERPT_BYTES);
+}
+
+#[tokio::test]
+async fn a_body_is_judged_up_to_exactly_the_bound() {
+    let shop = https(handler(|seen| {
+        // The needle ends at the last byte read, or one byte past it.
+        let filler = match seen.path.as_str() {
+            "/at" => MAX_BODY_BYTES - 6,
+            _ => MAX_BODY_BYTES - 5,
+        };
+        let mut body = vec![b'a'; filler];
+        body.extend_from_slice(b"needle");
+        Reply::Respond {
+            status: 200,
+            headers: vec![],
+            body,
+        }
+    }))
+    .await;
+    for (path, result) in [
+        ("/at", CheckResult::Passed),
+        ("/over", CheckResult::AssertionFailed),
+    ] {
+        let mut spec = MonitorSpec::new(shop.url("https", "shop.test", path));
+        spec.assertions = Some(Assertions {
+            body_contains: vec!["needle".into()],
+            ..Assertions::default()
+        });
+        let report = check(&spec, &items(vec![])).await;
+        assert_eq!(report.result, result, "{path}: {}", report.message);
+    }
+}
+
+/// A response with `n` headers of `value_len` bytes each, besides the server's own.
+fn with_headers(n: usize, value_len: usize) -> Reply {
+    Reply::Respond {
+        status: 200,
+        headers: (0..n)
+            .map(|i| (format!("x-h{i}"), "v".repeat(value_len)))
+            .collect(),
+        body: b"ok".to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn response_headers_are_bounded_over_http1_and_http2() {
+    // HTTP/1.1 (plain http): a count. The server adds date and content-length.
+    let plain = http(handler(|seen| match seen.path.as_str() {
+        "/at" => with_headers(MAX_RESPONSE_HEADERS - 2, 8),
+        _ => with_headers(MAX_RESPONSE_HEADERS - 1, 8),
+    }))
+    .await;
+    for (path, reason) in [("/at", "Passed"), ("/over", "Http")] {
+        let spec = MonitorSpec::new(plain.url("http", "shop.test", path));
+        let report = check(&spec, &items(vec![])).await;
+        assert_eq!(report.result.reason(), reason, "{path}: {}", report.message);
+    }
+    // HTTP/2 (https, negotiated by ALPN): bytes, as RFC 9113 counts them.
+    let limit = MAX_RESPONSE_HEADER_BYTES as usize;
+    let shop = https(handler(move |seen| match seen.path.as_str() {
+        "/under" => with_headers(1, limit - 1024),
+        _ => with_headers(1, limit),
+    }))
+    .await;
+    for (path, reason) in [("/under", "Passed"), ("/over", "Http")] {
+        let spec = MonitorSpec::new(shop.url("https", "shop.test", path));
+        let report = check(&spec, &items(vec![])).await;
+        assert_eq!(report.result.reason(), reason, "{path}: {}", report.message);
+    }
 }
 
 #[tokio::test]

@@ -27,6 +27,15 @@ use super::tls::{Trust, config_for};
 /// this much.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// The most headers a response may have over HTTP/1.1; a response with more fails the
+/// check (`Http`). hyper's default, stated so that it cannot change unseen.
+pub const MAX_RESPONSE_HEADERS: usize = 100;
+
+/// The most header bytes a response may have over HTTP/2 (names and values, plus 32 per
+/// header, as RFC 9113 counts them); hyper's default, stated for the same reason. Over
+/// HTTP/1.1, hyper reads at most about 400 KiB of head.
+pub const MAX_RESPONSE_HEADER_BYTES: u32 = 16 * 1024;
+
 /// The most of a body a report shows.
 pub const BODY_EXCERPT_BYTES: usize = 1024;
 
@@ -303,6 +312,8 @@ impl Clients {
             .tls_backend_preconfigured(tls.clone())
             .dns_resolver(self.resolver.clone())
             .redirect(reqwest::redirect::Policy::none())
+            .http1_max_headers(MAX_RESPONSE_HEADERS)
+            .http2_max_header_list_size(MAX_RESPONSE_HEADER_BYTES)
             .no_proxy()
             .referer(false)
             .tcp_nodelay(true)

@@ -47,7 +47,9 @@ pub mod totp;
 #[cfg(test)]
 mod test_support;
 
-pub use check::{BODY_EXCERPT_BYTES, MAX_BODY_BYTES, run_check};
+pub use check::{
+    BODY_EXCERPT_BYTES, MAX_BODY_BYTES, MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS, run_check,
+};
 pub use ipnet::IpNet;
 pub use items::{ClientIdentity, OtpSeed, ResolvedItem, ResolvedItems};
 pub use metrics::RunnerMetrics;

@@ -156,6 +156,27 @@ pub struct CheckReport {
     pub items_sent: BTreeMap<String, BTreeSet<String>>,
 }
 
+/// The longest `message` and assertion `detail` a report carries, in bytes. A hostile site
+/// shapes them (a redirect's path, its host name), and they go into statuses and into
+/// Events, whose API refuses a note over 1 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `text` cut to at most [`MAX_MESSAGE_BYTES`] on a character boundary, ending in `…` if
+/// cut. Only ever applied to scrubbed text: a prefix of it cannot hold a secret either.
+fn bounded(mut text: String) -> String {
+    const MORE: &str = "…";
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text;
+    }
+    let mut end = MAX_MESSAGE_BYTES - MORE.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(MORE);
+    text
+}
+
 impl CheckReport {
     /// A check that ended before any request, for `result`.
     pub(crate) fn refused(result: CheckResult, message: String) -> Self {
@@ -171,14 +192,15 @@ impl CheckReport {
         }
     }
 
-    /// Every string scrubbed.
+    /// Every string scrubbed; the message and details then cut to
+    /// [`MAX_MESSAGE_BYTES`].
     pub(crate) fn scrubbed(self, scrubber: &Scrubber) -> Self {
         let s = |text: &str| scrubber.scrub(text);
         CheckReport {
             result: self.result.scrubbed(scrubber),
             status_code: self.status_code,
             response_time: self.response_time,
-            message: s(&self.message),
+            message: bounded(s(&self.message)),
             body_excerpt: self.body_excerpt.map(|b| s(&b)),
             assertions: self
                 .assertions
@@ -186,7 +208,7 @@ impl CheckReport {
                 .map(|a| AssertionOutcome {
                     assertion: s(&a.assertion),
                     passed: a.passed,
-                    detail: s(&a.detail),
+                    detail: bounded(s(&a.detail)),
                 })
                 .collect(),
             hops: self
@@ -221,6 +243,40 @@ mod tests {
             .reason(),
             "RedirectBlocked"
         );
+    }
+
+    #[test]
+    fn messages_are_cut_after_scrubbing_on_a_character_boundary() {
+        let mut b = Scrubber::builder();
+        b.secret(b"hunter2");
+        let scrubber = b.build();
+        let at_limit = "é".repeat(MAX_MESSAGE_BYTES / 2);
+        let report = |message: String| {
+            let mut report = CheckReport::refused(CheckResult::Http, message.clone());
+            report.assertions.push(AssertionOutcome {
+                assertion: "bodyContains[0]".into(),
+                passed: false,
+                detail: message,
+            });
+            report.scrubbed(&scrubber)
+        };
+        let kept = report(at_limit.clone());
+        assert_eq!(kept.message, at_limit);
+        assert_eq!(kept.assertions[0].detail, at_limit);
+
+        let cut = report(format!("{at_limit}a"));
+        assert_eq!(cut.message.len(), MAX_MESSAGE_BYTES - 1, "é is 2 bytes");
+        assert!(cut.message.ends_with("é…"), "{}", cut.message);
+
+        // A secret across the cut: cut first, "hunter" would stay, unscrubbed.
+        let across = format!("x{}hunter2{}", "é".repeat(507), "é".repeat(10));
+        assert_eq!(across.find("hunter2"), Some(MAX_MESSAGE_BYTES - 9));
+        let cut = report(across);
+        for text in [&cut.message, &cut.assertions[0].detail] {
+            assert!(text.len() <= MAX_MESSAGE_BYTES, "{}", text.len());
+            assert!(text.ends_with('…'), "{text}");
+            assert!(!text.contains("hunt"), "{text}");
+        }
     }
 
     #[test]
