@@ -1215,3 +1215,63 @@ async fn attack_a5_a_plaintext_hidden_in_last_applied_never_reaches_etcd() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_monitor_with_ten_unfinished_runs_gets_no_eleventh() {
+    use monivault::api::monitor_run::MAX_UNFINISHED_RUNS_PER_MONITOR as MAX;
+    let w = World::new("wh-runs").await;
+    // A host that accepts connections and never answers: every run stays Running for its
+    // whole timeout, so none finishes while the test counts.
+    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = tarpit.local_addr().expect("address").port();
+    let _tarpit = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = tarpit.accept().await {
+            held.push(socket);
+        }
+    });
+    let slow = json!({"url": format!("https://api.test:{port}/"), "timeout": "120s",
+                      "interval": "24h"});
+    let monitors: Api<Monitor> = w.api();
+    let monitor: Monitor = serde_json::from_value(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+        "metadata": {"name": "slow"}, "spec": slow,
+    }))
+    .expect("monitor");
+    monitors
+        .create(&PostParams::default(), &monitor)
+        .await
+        .expect("create the slow monitor");
+
+    let runs: Api<MonitorRun> = w.api();
+    let run = |spec: Value| -> MonitorRun {
+        serde_json::from_value(json!({
+            "apiVersion": "monivault.io/v1alpha1", "kind": "MonitorRun",
+            "metadata": {"generateName": "slow-now-"}, "spec": spec,
+        }))
+        .expect("run")
+    };
+    let by_ref = run(json!({"monitorRef": {"name": "slow"}}));
+    let inline = run(json!({"monitor": slow}));
+    for spec in [&by_ref, &inline] {
+        for i in 0..MAX {
+            runs.create(&PostParams::default(), spec)
+                .await
+                .unwrap_or_else(|e| panic!("run {i} is within the limit: {e}"));
+        }
+        let (code, message) = refused(runs.create(&PostParams::default(), spec).await);
+        assert_eq!(code, 429, "{message}");
+        assert!(
+            message.contains(&format!("has {MAX} runs that have not finished")),
+            "{message}"
+        );
+    }
+    // The runs of one monitor are counted by the API server's field selector: another
+    // monitor's run is still admitted.
+    let shop = run(json!({"monitorRef": {"name": "shop"}}));
+    runs.create(&PostParams::default(), &shop)
+        .await
+        .expect("the shop monitor has runs to spare");
+}

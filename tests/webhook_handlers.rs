@@ -459,6 +459,52 @@ async fn a_too_long_or_empty_password_is_refused_without_echoing_it() {
 }
 
 #[tokio::test]
+async fn a_sealed_value_over_its_limits_is_refused_naming_the_field() {
+    use monivault::api::SecretField;
+    let keys = keys().await;
+    let limit = SecretField::Password.max_sealed_len();
+    // Too long to be a sealed password: refused before it is opened.
+    let long = format!("mv2.s.1.{}", "A".repeat(limit));
+    let outcome = admit_item(
+        &keys,
+        item_request("CREATE", &credential_set(None, Some(&long))),
+    )
+    .await;
+    assert!(!outcome.response.allowed);
+    assert_eq!(outcome.response.result.code, 422);
+    assert_eq!(
+        outcome.message(),
+        format!("spec.sealed.password is too long: at most {limit} characters")
+    );
+    // Sealed by hand around the limit that monivault seal checks: refused once opened.
+    let max = SecretField::Password.max_plaintext_len();
+    let at_limit = seal_for(&keys, ITEM, &"p".repeat(max)).await;
+    assert!(at_limit.len() <= limit);
+    let outcome = admit_item(
+        &keys,
+        item_request("CREATE", &credential_set(None, Some(&at_limit))),
+    )
+    .await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+    let over = seal_for(&keys, ITEM, &format!("{PASSWORD}{}", "p".repeat(max))).await;
+    let outcome = admit_item(
+        &keys,
+        item_request("CREATE", &credential_set(None, Some(&over))),
+    )
+    .await;
+    assert!(!outcome.response.allowed);
+    assert_eq!(outcome.response.result.code, 422);
+    assert!(
+        outcome.message().starts_with(&format!(
+            "spec.sealed.password holds a value longer than spec.credentialSet.password accepts: at most {max} bytes"
+        )),
+        "{}",
+        outcome.message()
+    );
+    outcome.assert_no_plaintext(PASSWORD);
+}
+
+#[tokio::test]
 async fn a_plaintext_in_the_wrong_place_is_refused_without_echoing_it() {
     let keys = keys().await;
     let mut object = credential_set(Some(PASSWORD), None);
@@ -850,6 +896,8 @@ struct Shop {
     sections: BTreeMap<String, String>,
     monitors: BTreeMap<String, MonitorSpec>,
     runs: BTreeMap<String, MonitorSpec>,
+    /// Unfinished runs of each saved monitor, by monitor.
+    runs_of: BTreeMap<String, usize>,
     terminating: bool,
 }
 
@@ -867,6 +915,7 @@ impl Shop {
                     .expect("spec"),
             )]),
             runs: BTreeMap::new(),
+            runs_of: BTreeMap::new(),
             terminating: false,
         }
     }
@@ -928,6 +977,18 @@ impl MonitorLookup for Shop {
         assert_eq!(namespace, NS);
         Ok(self.monitors.get(name).cloned())
     }
+
+    async fn unfinished_runs(
+        &self,
+        namespace: &str,
+        monitor: Option<&str>,
+    ) -> Result<usize, AuthorizeError> {
+        assert_eq!(namespace, NS);
+        Ok(match monitor {
+            Some(name) => self.runs_of.get(name).copied().unwrap_or(0),
+            None => self.runs.len(),
+        })
+    }
 }
 
 fn shop_monitor_spec(url: &str) -> Value {
@@ -961,7 +1022,10 @@ fn monitor_run(spec: Value) -> Value {
 }
 
 async fn authorize_with(authorizer: &impl Authorizer, request: Value) -> Outcome {
-    let shop = Shop::new();
+    authorize_in(Shop::new(), authorizer, request).await
+}
+
+async fn authorize_in(shop: Shop, authorizer: &impl Authorizer, request: Value) -> Outcome {
     let review = webhook::review(&body(request), |req| {
         let shop = &shop;
         async move { authorize_monitor_write(authorizer, shop, shop, &req).await }
@@ -1215,6 +1279,196 @@ async fn a_hostile_placeholder_is_refused_with_its_position() {
             outcome.message()
         );
     }
+}
+
+#[tokio::test]
+async fn a_monitor_over_a_size_limit_is_refused_naming_the_field_not_the_value() {
+    let token = "tok-s3cret-literal";
+    let header = |value: String| json!({"name": "X-Api-Key", "value": value});
+    let headers = |n: usize| -> Vec<Value> { (0..n).map(|_| header("ok".into())).collect() };
+    let cases = [
+        (
+            json!({"url": "https://shop.example.com/", "headers": headers(33)}),
+            "spec.headers has 33 entries: at most 32",
+        ),
+        (
+            json!({"url": "https://shop.example.com/", "headers": [header(format!("{token}{}", "x".repeat(8192)))]}),
+            "spec.headers[0].value is 8210 characters long: at most 8192",
+        ),
+        (
+            json!({"url": "https://shop.example.com/", "body": format!("{token}{}", "x".repeat(65536))}),
+            "spec.body is 65554 characters long: at most 65536",
+        ),
+        (
+            json!({"url": format!("https://shop.example.com/?{}", "a".repeat(2048))}),
+            "spec.url is 2074 characters long: at most 2048",
+        ),
+    ];
+    for (spec, expected) in cases {
+        for (kind, resource, object, prefix) in [
+            ("Monitor", "monitors", monitor(spec.clone()), "spec."),
+            (
+                "MonitorRun",
+                "monitorruns",
+                monitor_run(json!({"monitor": spec.clone()})),
+                "spec.monitor.",
+            ),
+        ] {
+            let expected = expected.replacen("spec.", prefix, 1);
+            let outcome = authorize(request(kind, resource, "CREATE", "alice", &object)).await;
+            assert!(!outcome.response.allowed, "{expected}");
+            assert_eq!(outcome.response.result.code, 422);
+            assert!(
+                outcome.message().contains(&expected),
+                "{expected}: {}",
+                outcome.message()
+            );
+            assert!(!outcome.wire.contains("s3cret"), "{}", outcome.message());
+        }
+    }
+    // Exactly at the limits: admitted.
+    let spec = json!({
+        "url": format!("https://shop.example.com/?{}", "a".repeat(2048 - 26)),
+        "headers": (0..32).map(|_| header("é".repeat(8192))).collect::<Vec<_>>(),
+        "body": "é".repeat(65536),
+    });
+    let outcome = authorize(request(
+        "Monitor",
+        "monitors",
+        "CREATE",
+        "alice",
+        &monitor(spec),
+    ))
+    .await;
+    assert!(outcome.response.allowed, "{}", outcome.message());
+}
+
+#[tokio::test]
+async fn too_many_items_or_placeholders_in_one_monitor_are_refused() {
+    let items = |n: usize| -> String {
+        (0..n)
+            .map(|i| format!("{{{{@VaultItem.item-{i}.Value}}}}"))
+            .collect()
+    };
+    let everyone = Everyone;
+    let at = authorize_with(
+        &everyone,
+        request(
+            "Monitor",
+            "monitors",
+            "CREATE",
+            "alice",
+            &monitor(json!({"url": "https://shop.example.com/", "body": items(16)})),
+        ),
+    )
+    .await;
+    assert!(at.response.allowed, "{}", at.message());
+    let over = authorize_with(
+        &everyone,
+        request(
+            "Monitor",
+            "monitors",
+            "CREATE",
+            "alice",
+            &monitor(json!({"url": "https://shop.example.com/", "body": items(17)})),
+        ),
+    )
+    .await;
+    assert!(!over.response.allowed);
+    assert_eq!(over.response.result.code, 422);
+    assert!(
+        over.message()
+            .contains("spec.body: placeholder at offset 0: more than 16 distinct vault items"),
+        "{}",
+        over.message()
+    );
+
+    let many = "{{@VaultItem.shop-login.Password}}".repeat(64);
+    let spec = |extra: &str| {
+        json!({"url": format!("https://shop.example.com/{extra}"), "headers": [
+            {"name": "A", "value": many}, {"name": "B", "value": many}]})
+    };
+    let at = authorize(request(
+        "Monitor",
+        "monitors",
+        "CREATE",
+        "alice",
+        &monitor(spec("")),
+    ))
+    .await;
+    assert!(at.response.allowed, "{}", at.message());
+    let over = authorize(request(
+        "Monitor",
+        "monitors",
+        "CREATE",
+        "alice",
+        &monitor(spec("{{@VaultItem.shop-login.Password}}")),
+    ))
+    .await;
+    assert!(!over.response.allowed);
+    assert!(
+        over.message()
+            .contains("spec.headers[1].value: placeholder at offset 0: more than 128 placeholders in one monitor"),
+        "{}",
+        over.message()
+    );
+}
+
+#[tokio::test]
+async fn a_monitor_may_have_only_so_many_unfinished_runs() {
+    use monivault::api::monitor_run::MAX_UNFINISHED_RUNS_PER_MONITOR as MAX;
+    let grants = Grants::new(&[
+        ("alice", "vaultitems", ITEM),
+        ("alice", "vaultitems", "shop-api-token"),
+    ]);
+    let by_ref = || monitor_run(json!({"monitorRef": {"name": "shop"}}));
+    let inline = || monitor_run(json!({"monitor": {"url": "https://shop.example.com/"}}));
+    let with_runs = |of_shop: usize, inline: usize| {
+        let mut shop = Shop::new();
+        shop.runs_of.insert("shop".into(), of_shop);
+        let spec: MonitorSpec =
+            serde_json::from_value(json!({"url": "https://shop.example.com/"})).expect("spec");
+        shop.runs = (0..inline)
+            .map(|i| (format!("run-{i}"), spec.clone()))
+            .collect();
+        shop
+    };
+    let create =
+        |user: &str, run: Value| request("MonitorRun", "monitorruns", "CREATE", user, &run);
+
+    let below = authorize_in(
+        with_runs(MAX - 1, MAX - 1),
+        &grants,
+        create("alice", by_ref()),
+    )
+    .await;
+    assert!(below.response.allowed, "{}", below.message());
+    let inline_below =
+        authorize_in(with_runs(MAX, MAX - 1), &grants, create("alice", inline())).await;
+    assert!(inline_below.response.allowed, "{}", inline_below.message());
+
+    let full = authorize_in(with_runs(MAX, 0), &grants, create("alice", by_ref())).await;
+    assert!(!full.response.allowed);
+    assert_eq!(full.response.result.code, 429);
+    assert!(
+        full.message().contains(&format!(
+            "Monitor \"shop\" has {MAX} runs that have not finished, and at most {MAX} may wait at once"
+        )),
+        "{}",
+        full.message()
+    );
+    let inline_full = authorize_in(with_runs(0, MAX), &grants, create("alice", inline())).await;
+    assert_eq!(inline_full.response.result.code, 429);
+    assert!(
+        inline_full
+            .message()
+            .contains("inline spec.monitor runs count together"),
+        "{}",
+        inline_full.message()
+    );
+    // Someone who may not run it learns nothing about the runs waiting.
+    let mallory = authorize_in(with_runs(MAX, 0), &grants, create("mallory", by_ref())).await;
+    assert_eq!(mallory.response.result.code, 403);
 }
 
 #[tokio::test]

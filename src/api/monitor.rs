@@ -32,6 +32,17 @@ pub mod limits {
     pub const ASSERTION_TEXT: usize = 1024;
 }
 
+/// A monitor field over its limit. Names the field and the limit, never the value: a
+/// header value or body may hold a literal token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {reason}")]
+pub struct LimitError {
+    /// The spec field, e.g. `headers[3].value`.
+    pub field: String,
+    /// What is over, e.g. `is 9000 characters long: at most 8192`.
+    pub reason: String,
+}
+
 /// An HTTP(S) check on an interval.
 // kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads that as a
 // duplicated attribute.
@@ -198,6 +209,55 @@ impl MonitorSpec {
         refs
     }
 
+    /// Checks the size limits of [`limits`], as the CRD schema states them (lengths in
+    /// characters, as the API server counts). The schema is checked only after the
+    /// mutating webhooks, and not at all for a spec the runner reads from elsewhere, so
+    /// the webhook and the runner check again here.
+    pub fn check_limits(&self) -> Result<(), LimitError> {
+        check_len("url", &self.url, limits::URL)?;
+        check_count("headers", self.headers.len(), limits::HEADERS)?;
+        for (i, header) in self.headers.iter().enumerate() {
+            check_len(
+                &format!("headers[{i}].name"),
+                &header.name,
+                limits::HEADER_NAME,
+            )?;
+            check_len(
+                &format!("headers[{i}].value"),
+                &header.value,
+                limits::HEADER_VALUE,
+            )?;
+        }
+        if let Some(body) = &self.body {
+            check_len("body", body, limits::BODY)?;
+        }
+        if let Some(assertions) = &self.assertions {
+            check_count(
+                "assertions.statusCodes",
+                assertions.status_codes.len(),
+                limits::ASSERTIONS,
+            )?;
+            for (name, texts) in [
+                ("bodyContains", &assertions.body_contains),
+                ("bodyNotContains", &assertions.body_not_contains),
+            ] {
+                check_count(
+                    &format!("assertions.{name}"),
+                    texts.len(),
+                    limits::ASSERTIONS,
+                )?;
+                for (i, text) in texts.iter().enumerate() {
+                    check_len(
+                        &format!("assertions.{name}[{i}]"),
+                        text,
+                        limits::ASSERTION_TEXT,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every text where placeholders may appear, with its field path: `url`,
     /// `headers[i].value` and `body`.
     pub fn template_texts(&self) -> Vec<(String, &str)> {
@@ -210,6 +270,31 @@ impl MonitorSpec {
         }
         texts
     }
+}
+
+fn check_len(field: &str, text: &str, limit: usize) -> Result<(), LimitError> {
+    // Bytes bound characters from above: count characters only when it can matter.
+    if text.len() <= limit {
+        return Ok(());
+    }
+    let length = text.chars().count();
+    if length <= limit {
+        return Ok(());
+    }
+    Err(LimitError {
+        field: field.to_owned(),
+        reason: format!("is {length} characters long: at most {limit}"),
+    })
+}
+
+fn check_count(field: &str, count: usize, limit: usize) -> Result<(), LimitError> {
+    if count <= limit {
+        return Ok(());
+    }
+    Err(LimitError {
+        field: field.to_owned(),
+        reason: format!("has {count} entries: at most {limit}"),
+    })
 }
 
 /// A vault item named in a typed field of a monitor.
@@ -468,6 +553,113 @@ mod tests {
         spec.body = Some("{}".into());
         let fields: Vec<_> = spec.template_texts().into_iter().map(|(f, _)| f).collect();
         assert_eq!(fields, ["url", "headers[0].value", "body"]);
+    }
+
+    /// A spec with every limited field exactly at its limit, in multi-byte characters
+    /// where a length is counted.
+    fn spec_at_limits() -> MonitorSpec {
+        let text = |n: usize| "é".repeat(n);
+        let mut spec = MonitorSpec::new(format!(
+            "https://shop.example.com/{}",
+            "a".repeat(limits::URL - 25)
+        ));
+        spec.headers = (0..limits::HEADERS)
+            .map(|_| Header {
+                name: "X".repeat(limits::HEADER_NAME),
+                value: text(limits::HEADER_VALUE),
+            })
+            .collect();
+        spec.body = Some(text(limits::BODY));
+        spec.assertions = Some(Assertions {
+            status_codes: vec![200; limits::ASSERTIONS],
+            max_response_time: None,
+            body_contains: vec![text(limits::ASSERTION_TEXT); limits::ASSERTIONS],
+            body_not_contains: vec![text(limits::ASSERTION_TEXT); limits::ASSERTIONS],
+        });
+        spec
+    }
+
+    #[test]
+    fn every_field_at_its_limit_passes_and_one_over_is_refused_by_name() {
+        let spec = spec_at_limits();
+        assert_eq!(spec.url.chars().count(), limits::URL);
+        assert_eq!(spec.check_limits(), Ok(()));
+
+        type Grow = fn(&mut MonitorSpec);
+        let cases: [(&str, &str, Grow); 10] = [
+            ("url", "is 2049 characters long: at most 2048", |s| {
+                s.url.push('a')
+            }),
+            ("headers", "has 33 entries: at most 32", |s| {
+                let h = s.headers[0].clone();
+                s.headers.push(h)
+            }),
+            ("headers[31].name", "at most 256", |s| {
+                s.headers[31].name.push('X')
+            }),
+            (
+                "headers[5].value",
+                "is 8193 characters long: at most 8192",
+                |s| s.headers[5].value.push('x'),
+            ),
+            ("body", "is 65537 characters long: at most 65536", |s| {
+                if let Some(b) = s.body.as_mut() {
+                    b.push('x')
+                }
+            }),
+            (
+                "assertions.statusCodes",
+                "has 17 entries: at most 16",
+                |s| {
+                    if let Some(a) = s.assertions.as_mut() {
+                        a.status_codes.push(200)
+                    }
+                },
+            ),
+            ("assertions.bodyContains", "has 17 entries", |s| {
+                if let Some(a) = s.assertions.as_mut() {
+                    a.body_contains.push("x".into())
+                }
+            }),
+            ("assertions.bodyContains[15]", "at most 1024", |s| {
+                if let Some(a) = s.assertions.as_mut() {
+                    a.body_contains[15].push('x')
+                }
+            }),
+            ("assertions.bodyNotContains", "has 17 entries", |s| {
+                if let Some(a) = s.assertions.as_mut() {
+                    a.body_not_contains.push("x".into())
+                }
+            }),
+            ("assertions.bodyNotContains[0]", "at most 1024", |s| {
+                if let Some(a) = s.assertions.as_mut() {
+                    a.body_not_contains[0].push('x')
+                }
+            }),
+        ];
+        for (field, reason, grow) in cases {
+            let mut spec = spec_at_limits();
+            grow(&mut spec);
+            let error = spec.check_limits().expect_err(field);
+            assert_eq!(error.field, field);
+            assert!(error.reason.contains(reason), "{field}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_limit_error_never_quotes_the_value() {
+        let mut spec = MonitorSpec::new("https://shop.example.com/");
+        let token = format!("tok-{}", "s3cret".repeat(2000));
+        spec.headers.push(Header {
+            name: "X-Api-Key".into(),
+            value: token.clone(),
+        });
+        let message = spec.check_limits().expect_err("too long").to_string();
+        assert!(!message.contains("s3cret"), "{message}");
+        assert!(
+            message.starts_with("headers[0].value is 12004"),
+            "{message}"
+        );
     }
 
     #[test]

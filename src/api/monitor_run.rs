@@ -12,6 +12,13 @@ use super::duration::Duration;
 use super::monitor::MonitorSpec;
 use super::names::ObjectName;
 
+/// Unfinished runs (no phase yet, `Pending` or `Running`) that one saved monitor may have
+/// at once; inline runs (`spec.monitor`) of a namespace count together, as one monitor's.
+/// Each run is a request to the monitor's host and a task in the runner, so without a
+/// bound whoever may create runs could flood that host and crowd out every other run.
+/// The webhook refuses the run over the limit; the runner fails it if one gets past.
+pub const MAX_UNFINISHED_RUNS_PER_MONITOR: usize = 10;
+
 /// One on-demand run. Creating it needs the use verb on every item the monitor uses.
 // kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads that as a
 // duplicated attribute.
@@ -68,6 +75,18 @@ pub struct MonitorRunSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 604_800))]
     pub ttl_seconds_after_finished: Option<u32>,
+}
+
+impl MonitorRun {
+    /// Whether the run has not finished: it still counts against
+    /// [`MAX_UNFINISHED_RUNS_PER_MONITOR`].
+    pub fn is_unfinished(&self) -> bool {
+        !self
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(RunPhase::is_finished)
+    }
 }
 
 impl MonitorRunSpec {

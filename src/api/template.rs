@@ -24,6 +24,10 @@ const MAX_NAME_LEN: usize = 253;
 /// a substitution; a real monitor needs a handful.
 pub const MAX_PLACEHOLDERS_PER_TEXT: usize = 64;
 
+/// Placeholders in one monitor at most, all texts together. Each is substituted on every
+/// request, with a value of up to 8 KiB, so this also bounds what one check sends.
+pub const MAX_PLACEHOLDERS_PER_MONITOR: usize = 128;
+
 /// Distinct vault items one monitor may carry at most: each costs every write of it a
 /// lookup and a SubjectAccessReview, so an unbounded count would let one write fan out
 /// into thousands of API calls.
@@ -106,6 +110,10 @@ pub enum TemplateErrorReason {
     UnknownField(String),
     #[error("more than {MAX_PLACEHOLDERS_PER_TEXT} placeholders in one field")]
     TooManyPlaceholders,
+    #[error(
+        "more than {MAX_PLACEHOLDERS_PER_MONITOR} placeholders in one monitor, all fields together"
+    )]
+    TooManyPlaceholdersInMonitor,
     #[error("more than {MAX_ITEMS_PER_MONITOR} distinct vault items in one monitor")]
     TooManyItems,
 }
@@ -176,11 +184,22 @@ pub fn referenced_items(spec: &MonitorSpec) -> Result<BTreeSet<String>, Referenc
         .iter()
         .map(|r| r.name.as_str().to_owned())
         .collect();
+    let mut placeholders = 0;
     for (field, text) in spec.template_texts() {
         let found = parse(text).map_err(|source| ReferenceError {
             field: field.clone(),
             source,
         })?;
+        placeholders += found.len();
+        if placeholders > MAX_PLACEHOLDERS_PER_MONITOR {
+            return Err(ReferenceError {
+                field,
+                source: TemplateError {
+                    offset: 0,
+                    reason: TemplateErrorReason::TooManyPlaceholdersInMonitor,
+                },
+            });
+        }
         items.extend(found.into_iter().map(|p| p.item));
         if items.len() > MAX_ITEMS_PER_MONITOR {
             return Err(ReferenceError {
@@ -298,6 +317,36 @@ mod tests {
             referenced_items(&spec).map(|i| i.len()),
             Ok(MAX_ITEMS_PER_MONITOR)
         );
+    }
+
+    #[test]
+    fn placeholders_are_bounded_per_monitor_across_fields() {
+        use crate::api::monitor::Header;
+        let texts = |n: usize| "{{@VaultItem.a.Value}}".repeat(n);
+        let mut spec = MonitorSpec::new("https://shop.example.com/");
+        // 128 = 64 in the body and 32 in each of two headers: each text within its own
+        // limit, the monitor exactly at its own.
+        spec.body = Some(texts(MAX_PLACEHOLDERS_PER_TEXT));
+        for name in ["A", "B"] {
+            spec.headers.push(Header {
+                name: name.into(),
+                value: texts(32),
+            });
+        }
+        assert_eq!(
+            MAX_PLACEHOLDERS_PER_MONITOR,
+            MAX_PLACEHOLDERS_PER_TEXT + 2 * 32
+        );
+        assert_eq!(referenced_items(&spec).map(|i| i.len()), Ok(1));
+        spec.url.push_str("?k={{@VaultItem.a.Value}}");
+        let error = referenced_items(&spec).unwrap_err();
+        assert_eq!(
+            error.source.reason,
+            TemplateErrorReason::TooManyPlaceholdersInMonitor
+        );
+        // Counted in the order the texts come: the URL first, so the body tips it over.
+        assert_eq!(error.field, "body");
+        assert!(error.to_string().contains("more than 128"), "{error}");
     }
 
     #[test]

@@ -287,6 +287,18 @@ impl SecretField {
         }
     }
 
+    /// The longest sealed value accepted in `spec.sealed`, as the CRD schema states it.
+    pub fn max_sealed_len(self) -> usize {
+        match self {
+            SecretField::Password | SecretField::ArchivePassword | SecretField::Secret => {
+                limits::SEALED_SHORT
+            }
+            SecretField::Value => limits::SEALED_VALUE,
+            SecretField::Archive => limits::SEALED_ARCHIVE,
+            SecretField::Content => limits::SEALED_CONTENT,
+        }
+    }
+
     /// JSON pointer (RFC 6901) of the plaintext-or-mask field, for JSON patches.
     pub fn spec_pointer(self) -> &'static str {
         match self {

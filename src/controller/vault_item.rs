@@ -251,6 +251,9 @@ async fn ingest<S: Store>(
                 }));
             }
         };
+        if let Err(not_ready) = fits(field, plaintext.expose().len()) {
+            return Ok(Err(not_ready));
+        }
         if field == SecretField::Content {
             match base64::engine::general_purpose::STANDARD.decode(plaintext.expose()) {
                 Ok(bytes) => {
@@ -469,10 +472,49 @@ fn sealed_name(field: SecretField) -> String {
     format!("sealed.{}", field.as_str())
 }
 
+/// Whether an opened value of `length` bytes is within its field's limit. The webhook
+/// refuses a longer one, but a value sealed by another tool and admitted with the webhook
+/// out of the way reaches the controller unchecked.
+fn fits(field: SecretField, length: usize) -> Result<(), NotReady> {
+    let limit = field.max_plaintext_len();
+    if length <= limit {
+        return Ok(());
+    }
+    Err(NotReady {
+        reason: "ValueTooLarge",
+        message: format!(
+            "{}: the value is {length} bytes, and {} accepts at most {limit}",
+            sealed_name(field),
+            field
+                .spec_pointer()
+                .trim_start_matches("/spec/")
+                .replace('/', ".")
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crypto::UnixMillis;
+
+    #[test]
+    fn an_opened_value_over_its_fields_limit_is_not_stored() {
+        use crate::api::vault_item::limits;
+        assert!(fits(SecretField::Content, limits::FILE_CONTENT).is_ok());
+        let refused = fits(SecretField::Content, limits::FILE_CONTENT + 1).err();
+        let refused = refused.expect("over the limit");
+        assert_eq!(refused.reason, "ValueTooLarge");
+        assert_eq!(
+            refused.message,
+            "sealed.content: the value is 131073 bytes, and file.content accepts at most 131072"
+        );
+        for field in SecretField::ALL {
+            let limit = field.max_plaintext_len();
+            assert!(fits(field, limit).is_ok(), "{field}");
+            assert!(fits(field, limit + 1).is_err(), "{field}");
+        }
+    }
 
     #[test]
     fn digest_changes_with_any_sealed_value_or_uid() {

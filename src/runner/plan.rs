@@ -168,6 +168,10 @@ impl<'a> Plan<'a> {
     /// Checks everything that can be checked without I/O. Fails with the first problem,
     /// naming the field, item or host.
     pub fn new(spec: &'a MonitorSpec, items: &'a ResolvedItems) -> Result<Self, Refusal> {
+        // The webhook and the schema refuse a spec over its limits; a spec that got past
+        // them is refused here, before any of it is parsed or rendered.
+        spec.check_limits()
+            .map_err(|e| Refusal::invalid(&e.field, e.reason))?;
         let url = Templated::parse("url".into(), Position::Url, &spec.url)?;
         check_url_positions(&url)?;
         let mut headers = Vec::with_capacity(spec.headers.len());
@@ -198,6 +202,15 @@ impl<'a> Plan<'a> {
             Some(text) => Some(Templated::parse("body".into(), Position::Body, text)?),
             None => None,
         };
+        // Each text parsed; now the limits on the monitor as a whole (placeholders, items).
+        template::referenced_items(spec).map_err(|e| {
+            Refusal::new(
+                CheckResult::Template {
+                    field: e.field.clone(),
+                },
+                e.to_string(),
+            )
+        })?;
         let auth = spec
             .auth
             .as_ref()

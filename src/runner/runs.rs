@@ -8,9 +8,11 @@
 //! few minutes of the stamp, runs; a copy of it on another run opens nothing.
 //!
 //! Finished runs are deleted after `ttlSecondsAfterFinished` (default one hour), and at
-//! most `runs_kept_per_monitor` finished runs are kept per monitor.
+//! most `runs_kept_per_monitor` finished runs are kept per monitor. At most
+//! [`MAX_UNFINISHED_RUNS_PER_MONITOR`] runs of one monitor are in flight at once (the
+//! webhook refuses more; one that gets past fails with `TooManyRuns`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -23,6 +25,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 use super::service::{Execution, FIELD_MANAGER, Runner, refused_by_stamp, scoped, time};
+use crate::api::monitor_run::MAX_UNFINISHED_RUNS_PER_MONITOR;
 use crate::api::{
     AssertionResult, Monitor, MonitorRun, MonitorRunStatus, MonitorSpec, RunPhase, RunResult,
 };
@@ -52,7 +55,7 @@ pub(crate) async fn run<S: Store>(runner: Arc<Runner<S>>) {
         .default_backoff(),
     );
     let mut events = std::pin::pin!(events);
-    let started: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let started: Arc<Mutex<InFlight>> = Arc::default();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -64,13 +67,17 @@ pub(crate) async fn run<S: Store>(runner: Arc<Runner<S>>) {
                     if !pending || uid.is_empty() {
                         continue;
                     }
-                    if !started.lock().unwrap_or_else(|e| e.into_inner()).insert(uid.clone()) {
+                    let start = started.lock().unwrap_or_else(|e| e.into_inner()).start(&uid, run_key(&run));
+                    if start == Start::AlreadyStarted {
                         continue;
                     }
                     let (runner, runs, started) = (runner.clone(), runs.clone(), started.clone());
                     tokio::spawn(async move {
-                        test_now(&runner, &runs, &run).await;
-                        started.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+                        match start {
+                            Start::Full => refuse_over_limit(&runner, &run).await,
+                            _ => test_now(&runner, &runs, &run).await,
+                        }
+                        started.lock().unwrap_or_else(|e| e.into_inner()).finish(&uid);
                     });
                 }
                 Some(Ok(_)) => {}
@@ -80,6 +87,93 @@ pub(crate) async fn run<S: Store>(runner: Arc<Runner<S>>) {
             _ = sweep.tick() => sweep_finished(&runner, &runs).await,
         }
     }
+}
+
+/// Which runs count together against [`MAX_UNFINISHED_RUNS_PER_MONITOR`]: those of one
+/// saved monitor, or (`None`) the inline runs of a namespace.
+type RunKey = (String, Option<String>);
+
+fn run_key(run: &MonitorRun) -> RunKey {
+    (
+        run.namespace().unwrap_or_default(),
+        run.spec
+            .monitor_ref
+            .as_ref()
+            .map(|r| r.name.as_str().to_owned()),
+    )
+}
+
+/// What [`InFlight::start`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// Run it.
+    Started,
+    /// It is already being handled.
+    AlreadyStarted,
+    /// Its monitor has as many runs in flight as it may: fail it.
+    Full,
+}
+
+/// The runs being handled, by uid, and how many of each [`RunKey`] are running.
+#[derive(Default)]
+struct InFlight {
+    /// `None`: being failed as over the limit, which does not count.
+    runs: HashMap<String, Option<RunKey>>,
+    per_monitor: HashMap<RunKey, usize>,
+}
+
+impl InFlight {
+    fn start(&mut self, uid: &str, key: RunKey) -> Start {
+        if self.runs.contains_key(uid) {
+            return Start::AlreadyStarted;
+        }
+        let count = self.per_monitor.entry(key.clone()).or_default();
+        if *count >= MAX_UNFINISHED_RUNS_PER_MONITOR {
+            self.runs.insert(uid.to_owned(), None);
+            return Start::Full;
+        }
+        *count += 1;
+        self.runs.insert(uid.to_owned(), Some(key));
+        Start::Started
+    }
+
+    fn finish(&mut self, uid: &str) {
+        let Some(Some(key)) = self.runs.remove(uid) else {
+            return;
+        };
+        if let Some(count) = self.per_monitor.get_mut(&key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_monitor.remove(&key);
+            }
+        }
+    }
+}
+
+/// Fails a run whose monitor already has [`MAX_UNFINISHED_RUNS_PER_MONITOR`] runs in
+/// flight: it sends nothing, and says why.
+async fn refuse_over_limit<S: Store>(runner: &Runner<S>, run: &MonitorRun) {
+    let runs = match &run.spec.monitor_ref {
+        Some(r) => format!("Monitor {:?}", r.name.as_str()),
+        None => "the namespace's inline runs".to_owned(),
+    };
+    let status = MonitorRunStatus {
+        phase: Some(RunPhase::Failed),
+        finished_at: Some(time(SystemTime::now())),
+        result: Some(RunResult {
+            passed: false,
+            reason: Some("TooManyRuns".to_owned()),
+            message: Some(format!(
+                "{runs} has {MAX_UNFINISHED_RUNS_PER_MONITOR} runs in flight, as many as may run at once: nothing was sent; create the run again once they finish"
+            )),
+            ..RunResult::default()
+        }),
+        ..MonitorRunStatus::default()
+    };
+    if let Some(metrics) = &runner.metrics {
+        metrics.run_finished(false);
+    }
+    write_status(runner, run, &status).await;
 }
 
 /// One Test Now, start to finish.
@@ -296,12 +390,29 @@ async fn write_status<S: Store>(
 /// Deletes finished runs past their time to live, and the oldest finished runs of a
 /// monitor beyond the number kept.
 async fn sweep_finished<S: Store>(runner: &Runner<S>, runs: &Cache<MonitorRun>) {
-    let now = SystemTime::now();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let expired = runs_to_delete(&runs.state(), now, runner.settings.runs_kept_per_monitor);
+    for run in expired {
+        let api: Api<MonitorRun> =
+            Api::namespaced(runner.client.clone(), &run.namespace().unwrap_or_default());
+        if let Err(e) = api.delete(&run.name_any(), &DeleteParams::default()).await {
+            tracing::debug!(run = run.name_any(), error = %e, "cannot delete a finished run");
+        }
+    }
+}
+
+/// The finished runs to delete at `now` (Unix seconds): those past their time to live,
+/// and, per monitor (the inline runs of a namespace together), the oldest beyond `kept`.
+/// Unfinished runs are never deleted.
+fn runs_to_delete(runs: &[Arc<MonitorRun>], now: i64, kept: usize) -> Vec<Arc<MonitorRun>> {
     // (namespace, monitor) → (finished at, run).
     type Finished = Vec<(i64, Arc<MonitorRun>)>;
     let mut finished: BTreeMap<(String, String), Finished> = BTreeMap::new();
     let mut expired = Vec::new();
-    for run in runs.state() {
+    for run in runs {
         let Some(status) = &run.status else { continue };
         if !status.phase.is_some_and(RunPhase::is_finished) {
             continue;
@@ -316,11 +427,7 @@ async fn sweep_finished<S: Store>(runner: &Runner<S>, runs: &Cache<MonitorRun>) 
             .ttl_seconds_after_finished
             .map(|s| Duration::from_secs(u64::from(s)))
             .unwrap_or(DEFAULT_TTL);
-        let age = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
-            .saturating_sub(finished_at);
+        let age = now.saturating_sub(finished_at);
         if age >= ttl.as_secs() as i64 {
             expired.push(run.clone());
             continue;
@@ -338,20 +445,9 @@ async fn sweep_finished<S: Store>(runner: &Runner<S>, runs: &Cache<MonitorRun>) 
     }
     for (_, mut group) in finished {
         group.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
-        expired.extend(
-            group
-                .into_iter()
-                .skip(runner.settings.runs_kept_per_monitor)
-                .map(|(_, run)| run),
-        );
+        expired.extend(group.into_iter().skip(kept).map(|(_, run)| run));
     }
-    for run in expired {
-        let api: Api<MonitorRun> =
-            Api::namespaced(runner.client.clone(), &run.namespace().unwrap_or_default());
-        if let Err(e) = api.delete(&run.name_any(), &DeleteParams::default()).await {
-            tracing::debug!(run = run.name_any(), error = %e, "cannot delete a finished run");
-        }
-    }
+    expired
 }
 
 #[cfg(test)]
@@ -382,6 +478,97 @@ mod tests {
 
     /// 2026-12-03T10:00:00Z.
     const ISSUED: i64 = 1_796_292_000;
+
+    #[test]
+    fn at_most_the_limit_of_one_monitors_runs_are_in_flight() {
+        let mut flight = InFlight::default();
+        let shop = || ("shop".to_owned(), Some("shop".to_owned()));
+        for i in 0..MAX_UNFINISHED_RUNS_PER_MONITOR {
+            assert_eq!(flight.start(&format!("uid-{i}"), shop()), Start::Started);
+        }
+        assert_eq!(flight.start("uid-0", shop()), Start::AlreadyStarted);
+        assert_eq!(flight.start("uid-over", shop()), Start::Full);
+        assert_eq!(flight.start("uid-over", shop()), Start::AlreadyStarted);
+        // Other monitors, the inline runs and other namespaces count apart.
+        let other = ("shop".to_owned(), Some("other".to_owned()));
+        assert_eq!(flight.start("uid-other", other), Start::Started);
+        assert_eq!(
+            flight.start("uid-inline", ("shop".into(), None)),
+            Start::Started
+        );
+        assert_eq!(
+            flight.start("uid-ns", ("bank".into(), Some("shop".into()))),
+            Start::Started
+        );
+        // A refused run frees no place; a finished one does.
+        flight.finish("uid-over");
+        assert_eq!(flight.start("uid-next", shop()), Start::Full);
+        flight.finish("uid-3");
+        assert_eq!(flight.start("uid-last", shop()), Start::Started);
+    }
+
+    fn finished(
+        name: &str,
+        monitor: Option<&str>,
+        finished_at: i64,
+        ttl: Option<u32>,
+    ) -> Arc<MonitorRun> {
+        let spec = match monitor {
+            Some(m) => json!({"monitorRef": {"name": m}, "ttlSecondsAfterFinished": ttl}),
+            None => {
+                json!({"monitor": {"url": "https://shop.example.com/"}, "ttlSecondsAfterFinished": ttl})
+            }
+        };
+        let mut run: MonitorRun = serde_json::from_value(json!({
+            "apiVersion": "monivault.io/v1alpha1", "kind": "MonitorRun",
+            "metadata": {"name": name, "namespace": "shop", "uid": name},
+            "spec": spec,
+        }))
+        .expect("run");
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(finished_at as u64);
+        run.status = Some(MonitorRunStatus {
+            phase: Some(RunPhase::Succeeded),
+            finished_at: Some(time(at)),
+            ..MonitorRunStatus::default()
+        });
+        Arc::new(run)
+    }
+
+    #[test]
+    fn finished_runs_past_their_ttl_or_beyond_the_kept_number_are_deleted() {
+        let now = ISSUED;
+        let mut runs: Vec<Arc<MonitorRun>> = (0..12)
+            .map(|i| finished(&format!("shop-{i}"), Some("shop"), now - 100 + i, None))
+            .collect();
+        runs.push(finished("expired", Some("other"), now - 61, Some(60)));
+        runs.push(finished("young", Some("other"), now - 59, Some(60)));
+        runs.extend((0..3).map(|i| finished(&format!("inline-{i}"), None, now - i, None)));
+        let mut unfinished = (*finished("running", Some("shop"), 0, Some(0))).clone();
+        unfinished.status = Some(MonitorRunStatus {
+            phase: Some(RunPhase::Running),
+            ..MonitorRunStatus::default()
+        });
+        runs.push(Arc::new(unfinished));
+
+        let deleted = |kept| {
+            let mut names: Vec<String> = runs_to_delete(&runs, now, kept)
+                .iter()
+                .map(|r| r.name_any())
+                .collect();
+            names.sort();
+            names
+        };
+        // Ten kept per monitor: the two oldest of shop's twelve go.
+        assert_eq!(deleted(10), ["expired", "shop-0", "shop-1"]);
+        // Inline runs count together, as one monitor's.
+        assert_eq!(
+            deleted(2),
+            [
+                "expired", "inline-2", "shop-0", "shop-1", "shop-2", "shop-3", "shop-4", "shop-5",
+                "shop-6", "shop-7", "shop-8", "shop-9"
+            ]
+        );
+    }
 
     #[test]
     fn a_stamp_runs_once_on_the_run_created_first() {

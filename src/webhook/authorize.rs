@@ -7,6 +7,10 @@
 //! before and after the change (removing an item changes where the others go too): on
 //! `vaultitems/<item>`, or else on `vaultsections/<the item's section>`.
 //!
+//! The spec's size limits are checked first, before anything is parsed or looked up: this
+//! webhook runs before the API server checks the schema. A new `MonitorRun` is refused
+//! (429) while its monitor has [`MAX_UNFINISHED_RUNS_PER_MONITOR`] unfinished runs.
+//!
 //! Not checked: changes to metadata alone (the spec is unchanged) and status writes; they
 //! cannot move a secret. Deletes are for the delete guards.
 //!
@@ -28,14 +32,16 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec, SubjectAccessReviewStatus,
 };
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, Operation};
 use serde_json::Value;
 
 use super::{Request, parse_part, refuse};
+use crate::api::monitor::LimitError;
+use crate::api::monitor_run::MAX_UNFINISHED_RUNS_PER_MONITOR;
 use crate::api::template::{ReferenceError, referenced_items};
-use crate::api::{GROUP, Monitor, MonitorRunSpec, MonitorSpec, VaultItem};
+use crate::api::{GROUP, Monitor, MonitorRun, MonitorRunSpec, MonitorSpec, VaultItem};
 use crate::stamp::spec_digest;
 
 /// The custom RBAC verb that lets a user have a monitor carry an item.
@@ -127,7 +133,7 @@ pub trait ItemLookup: Send + Sync {
     ) -> impl Future<Output = Result<Option<ItemFacts>, AuthorizeError>> + Send;
 }
 
-/// The spec of a saved monitor, for a `MonitorRun` of it.
+/// The spec of a saved monitor, for a `MonitorRun` of it, and the runs already waiting.
 pub trait MonitorLookup: Send + Sync {
     /// `None` if there is no such monitor.
     fn monitor_spec(
@@ -135,6 +141,14 @@ pub trait MonitorLookup: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> impl Future<Output = Result<Option<MonitorSpec>, AuthorizeError>> + Send;
+
+    /// How many MonitorRuns in `namespace` have not finished: those of the saved monitor
+    /// `monitor`, or, for `None`, those with an inline spec.
+    fn unfinished_runs(
+        &self,
+        namespace: &str,
+        monitor: Option<&str>,
+    ) -> impl Future<Output = Result<usize, AuthorizeError>> + Send;
 }
 
 /// Why a Monitor or MonitorRun write was refused.
@@ -165,6 +179,10 @@ pub(crate) enum Refusal {
         namespace: String,
         kind: &'static str,
     },
+    #[error(
+        "{runs} has {count} runs that have not finished, and at most {MAX_UNFINISHED_RUNS_PER_MONITOR} may wait at once: let them finish (Pending or Running), then create this run"
+    )]
+    TooManyRuns { runs: String, count: usize },
     #[error("authorization failed: {0}")]
     Authorize(#[from] AuthorizeError),
 }
@@ -187,6 +205,7 @@ impl Refusal {
                 (422, "Invalid")
             }
             Refusal::NotAllowed { .. } => (403, "Forbidden"),
+            Refusal::TooManyRuns { .. } => (429, "TooManyRequests"),
             Refusal::Authorize(_) => (500, "InternalError"),
         }
     }
@@ -281,6 +300,10 @@ where
     let denied =
         unauthorized_items(authorizer, &request.user_info, USE_VERB, namespace, &facts).await?;
     if denied.is_empty() {
+        // Counted only for someone allowed to run it: the refusal tells how many wait.
+        if kind == Kind::MonitorRun && request.operation == Operation::Create {
+            check_unfinished_runs(monitors, namespace, new.monitor_ref.as_deref()).await?;
+        }
         let items = new
             .items
             .into_iter()
@@ -306,6 +329,25 @@ where
         namespace: namespace.to_owned(),
         kind: kind.as_str(),
     })
+}
+
+/// Refuses a new run of `monitor` (`None`: an inline run) when
+/// [`MAX_UNFINISHED_RUNS_PER_MONITOR`] of its runs have not finished. Two runs admitted at
+/// the same instant may both pass; the runner fails a run over the limit too.
+async fn check_unfinished_runs<M: MonitorLookup>(
+    monitors: &M,
+    namespace: &str,
+    monitor: Option<&str>,
+) -> Result<(), Refusal> {
+    let count = monitors.unfinished_runs(namespace, monitor).await?;
+    if count < MAX_UNFINISHED_RUNS_PER_MONITOR {
+        return Ok(());
+    }
+    let runs = match monitor {
+        Some(name) => format!("Monitor {name:?}"),
+        None => format!("namespace {namespace:?} (inline spec.monitor runs count together)"),
+    };
+    Err(Refusal::TooManyRuns { runs, count })
 }
 
 pub(crate) fn namespace_of(request: &Request, kind: Kind) -> Result<&str, Refusal> {
@@ -343,9 +385,14 @@ pub(crate) fn own_references(
     };
     let placeholder =
         |prefix: &str, e: ReferenceError| Refusal::Placeholder(format!("{whose}{prefix}{e}"));
+    // Before any placeholder is parsed or item looked up: this webhook runs before the
+    // API server checks the schema's limits.
+    let over_limit =
+        |prefix: &str, e: LimitError| Refusal::InvalidSpec(format!("{whose}{prefix}{e}"));
     match kind {
         Kind::Monitor => {
             let spec: MonitorSpec = parse_part(spec).map_err(invalid)?;
+            spec.check_limits().map_err(|e| over_limit("spec.", e))?;
             Ok(References {
                 items: referenced_items(&spec).map_err(|e| placeholder("spec.", e))?,
                 spec_digest: spec_digest(&spec).map_err(|e| invalid(e.to_string()))?,
@@ -356,6 +403,9 @@ pub(crate) fn own_references(
             let spec: MonitorRunSpec = parse_part(spec).map_err(invalid)?;
             let items = match &spec.monitor {
                 Some(inline) => {
+                    inline
+                        .check_limits()
+                        .map_err(|e| over_limit("spec.monitor.", e))?;
                     referenced_items(inline).map_err(|e| placeholder("spec.monitor.", e))?
                 }
                 None => BTreeSet::new(),
@@ -603,6 +653,33 @@ impl MonitorLookup for KubeLookup {
                 source,
             })?;
         Ok(found.map(|monitor| monitor.spec))
+    }
+
+    async fn unfinished_runs(
+        &self,
+        namespace: &str,
+        monitor: Option<&str>,
+    ) -> Result<usize, AuthorizeError> {
+        let api: Api<MonitorRun> = Api::namespaced(self.client.clone(), namespace);
+        // `spec.monitorRef.name` is a selectable field of the CRD, so the API server
+        // filters a saved monitor's runs.
+        let params = match monitor {
+            Some(name) => ListParams::default().fields(&format!("spec.monitorRef.name={name}")),
+            None => ListParams::default(),
+        };
+        let list = api
+            .list(&params)
+            .await
+            .map_err(|source| AuthorizeError::Lookup {
+                what: format!("MonitorRuns in {namespace}"),
+                source,
+            })?;
+        Ok(list
+            .items
+            .iter()
+            .filter(|run| monitor.is_some() || run.spec.monitor.is_some())
+            .filter(|run| run.is_unfinished())
+            .count())
     }
 }
 

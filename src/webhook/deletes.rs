@@ -231,12 +231,7 @@ impl DeleteLookup for KubeLookup {
         Ok(list
             .items
             .into_iter()
-            .filter(|run| {
-                !run.status
-                    .as_ref()
-                    .and_then(|s| s.phase)
-                    .is_some_and(|phase| phase.is_finished())
-            })
+            .filter(|run| run.is_unfinished())
             .filter_map(|run| Some((run.metadata.name.unwrap_or_default(), run.spec.monitor?)))
             .collect())
     }

@@ -52,6 +52,16 @@ pub enum SealError {
     EmptyPlaintext { path: String },
     #[error("{path} is too long: at most {limit} bytes")]
     PlaintextTooLong { path: String, limit: usize },
+    #[error("spec.sealed.{field} is too long: at most {limit} characters")]
+    SealedTooLong { field: SecretField, limit: usize },
+    #[error(
+        "spec.sealed.{field} holds a value longer than {path} accepts: at most {limit} bytes. monivault seal checks this limit"
+    )]
+    SealedPlaintextTooLong {
+        field: SecretField,
+        path: String,
+        limit: usize,
+    },
     #[error(
         "spec.sealed.{field} does not open for namespace {namespace:?}, section {section:?}, item {item:?}, field \"{field}\": {reason}. Seal it for this item: monivault seal -n {namespace} --section {section} --item {item} --field {field}"
     )]
@@ -100,6 +110,8 @@ impl SealError {
             | SealError::FieldOfOtherType { .. }
             | SealError::EmptyPlaintext { .. }
             | SealError::PlaintextTooLong { .. }
+            | SealError::SealedTooLong { .. }
+            | SealError::SealedPlaintextTooLong { .. }
             | SealError::SealedRefused { .. } => (422, "Invalid"),
             SealError::Keys(_)
             | SealError::SealingKey { .. }
@@ -207,6 +219,15 @@ async fn admit<S: Store, A: Authorizer>(
             old_spec.as_ref().and_then(|old| old.sealed_value(*field)) != Some(sealed.as_str())
         })
         .collect();
+    // Before opening anything: the schema's lengths are checked only after this webhook.
+    for (field, sealed) in &to_verify {
+        if sealed.len() > field.max_sealed_len() {
+            return Err(SealError::SealedTooLong {
+                field: *field,
+                limit: field.max_sealed_len(),
+            });
+        }
+    }
     let mut keyring = None;
     if !to_verify.is_empty() {
         let ring = keys.keyring_for(namespace).await?;
@@ -219,15 +240,27 @@ async fn admit<S: Store, A: Authorizer>(
                 item: name,
                 field: field.as_str(),
             };
-            // Only whether it opens matters: the plaintext is dropped (and wiped) here.
-            if let Err(reason) = ring.open_sealed(&root, &binding, sealed) {
-                return Err(SealError::SealedRefused {
-                    field: *field,
-                    namespace: namespace.to_owned(),
-                    section: spec.section.clone(),
-                    item: name.to_owned(),
-                    reason,
-                });
+            // Only whether it opens, and to a value the field accepts, matters: the
+            // plaintext is dropped (and wiped) here. A sealer other than `monivault seal`
+            // may have sealed more than the field's limit.
+            match ring.open_sealed(&root, &binding, sealed) {
+                Ok(opened) if opened.expose().len() > field.max_plaintext_len() => {
+                    return Err(SealError::SealedPlaintextTooLong {
+                        field: *field,
+                        path: dotted(field.spec_pointer()),
+                        limit: field.max_plaintext_len(),
+                    });
+                }
+                Ok(_) => {}
+                Err(reason) => {
+                    return Err(SealError::SealedRefused {
+                        field: *field,
+                        namespace: namespace.to_owned(),
+                        section: spec.section.clone(),
+                        item: name.to_owned(),
+                        reason,
+                    });
+                }
             }
         }
         keyring = Some(ring);

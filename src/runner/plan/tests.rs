@@ -164,6 +164,67 @@ fn a_template_that_does_not_parse_names_its_field() {
 }
 
 #[test]
+fn a_spec_over_its_limits_is_refused_before_anything_is_rendered() {
+    use crate::api::monitor::limits;
+    use crate::api::template::{MAX_ITEMS_PER_MONITOR, MAX_PLACEHOLDERS_PER_MONITOR};
+    let items = items(vec![secret("t", "v", &["shop.test"])]);
+
+    let mut spec = MonitorSpec::new("https://shop.test/");
+    spec.headers = (0..limits::HEADERS).map(|_| header("X-A", "ok")).collect();
+    assert!(Plan::new(&spec, &items).is_ok(), "at the limit");
+    spec.headers.push(header("X-A", "ok"));
+    assert_eq!(
+        refusal(&spec, &items).result,
+        CheckResult::InvalidRequest {
+            field: "headers".into(),
+            reason: "has 33 entries: at most 32".into()
+        }
+    );
+
+    let mut spec = MonitorSpec::new("https://shop.test/");
+    spec.body = Some("x".repeat(limits::BODY + 1));
+    assert_eq!(
+        refusal(&spec, &items).result,
+        CheckResult::InvalidRequest {
+            field: "body".into(),
+            reason: "is 65537 characters long: at most 65536".into()
+        }
+    );
+
+    // 64 placeholders in each of two headers: 128 pass, one more in the body does not.
+    let many = "{{@VaultItem.t.Value}}".repeat(MAX_PLACEHOLDERS_PER_MONITOR / 2);
+    let mut spec = MonitorSpec::new("https://shop.test/");
+    spec.headers.push(header("X-A", &many));
+    spec.headers.push(header("X-B", &many));
+    assert!(Plan::new(&spec, &items).is_ok(), "at the limit");
+    spec.body = Some("{{@VaultItem.t.Value}}".into());
+    let refused = refusal(&spec, &items);
+    assert_eq!(
+        refused.result,
+        CheckResult::Template {
+            field: "body".into()
+        }
+    );
+    assert!(
+        refused.message.contains("more than 128 placeholders"),
+        "{}",
+        refused.message
+    );
+
+    let mut spec = MonitorSpec::new("https://shop.test/");
+    spec.body = Some(
+        (0..=MAX_ITEMS_PER_MONITOR)
+            .map(|i| format!("{{{{@VaultItem.i{i}.Value}}}}"))
+            .collect(),
+    );
+    assert!(
+        refusal(&spec, &items)
+            .message
+            .contains("more than 16 distinct vault items")
+    );
+}
+
+#[test]
 fn headers_the_runner_owns_are_refused() {
     let items = items(vec![secret("t", "v", &["shop.test"])]);
     for name in ["Host", "Content-Length", "Transfer-Encoding", "Connection"] {
