@@ -11,6 +11,10 @@
 //! fails the test until it is documented (or, if it is no reason, listed below), and a
 //! documented reason that the code no longer writes fails it too.
 
+//!
+//! It also checks that the Limits table of `docs/concepts.md` states each limit as the
+//! code does ([`the_limits_table_states_each_limit_as_the_code_does`]).
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -421,4 +425,166 @@ mod tests {
     );
     assert!(is_camel_case("KeysReady") && is_camel_case("Tls") && is_camel_case("Base32"));
     assert!(!is_camel_case("GET") && !is_camel_case("SHA1") && !is_camel_case("Not a word"));
+}
+
+/// `n` as the docs write it: `65,536`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// The rows of the table under `## Limits` in `docs/concepts.md`: first cell → row.
+fn limits_table() -> BTreeMap<String, String> {
+    let page = "docs/concepts.md";
+    let text = std::fs::read_to_string(root().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+    let section = text
+        .split("\n## Limits\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{page} has a ## Limits section"));
+    section
+        .lines()
+        .take_while(|line| !line.starts_with("## "))
+        .filter(|line| line.starts_with("| ") && !line.starts_with("| input |"))
+        .filter_map(|line| {
+            let first = line.trim_start_matches("| ").split(" | ").next()?;
+            Some((first.to_owned(), line.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_limits_table_states_each_limit_as_the_code_does() {
+    use monivault::api::monitor::limits as monitor;
+    use monivault::api::monitor_run::MAX_UNFINISHED_RUNS_PER_MONITOR;
+    use monivault::api::template::{
+        MAX_ITEMS_PER_MONITOR, MAX_PLACEHOLDERS_PER_MONITOR, MAX_PLACEHOLDERS_PER_TEXT,
+    };
+    use monivault::api::vault_item::limits as item;
+    use monivault::crypto::pkcs12;
+    use monivault::runner::report::MAX_MESSAGE_BYTES;
+    use monivault::runner::{
+        BODY_EXCERPT_BYTES, MAX_REDIRECTS, MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS,
+        RunnerSettings,
+    };
+
+    let n = |v: usize| thousands(v as u64);
+    let expected: Vec<(&str, String)> = vec![
+        ("`Monitor` `url`", n(monitor::URL)),
+        ("`Monitor` `headers`", n(monitor::HEADERS)),
+        ("`Monitor` `headers[].name`", n(monitor::HEADER_NAME)),
+        ("`Monitor` `headers[].value`", n(monitor::HEADER_VALUE)),
+        ("`Monitor` `body`", n(monitor::BODY)),
+        (
+            "`Monitor` `assertions.statusCodes`, `bodyContains`, `bodyNotContains`",
+            n(monitor::ASSERTIONS),
+        ),
+        (
+            "`Monitor` `assertions.bodyContains[]`, `bodyNotContains[]`",
+            n(monitor::ASSERTION_TEXT),
+        ),
+        (
+            "placeholders in one field (`url`, a header value, `body`)",
+            n(MAX_PLACEHOLDERS_PER_TEXT),
+        ),
+        (
+            "placeholders in one monitor, all fields together",
+            n(MAX_PLACEHOLDERS_PER_MONITOR),
+        ),
+        ("vault items one monitor carries", n(MAX_ITEMS_PER_MONITOR)),
+        (
+            "unfinished `MonitorRun`s of one monitor (inline runs of a namespace count together)",
+            n(MAX_UNFINISHED_RUNS_PER_MONITOR),
+        ),
+        (
+            "finished `MonitorRun`s kept per monitor",
+            n(RunnerSettings::default().runs_kept_per_monitor),
+        ),
+        ("`VaultItem` `description`", n(item::DESCRIPTION)),
+        ("`VaultItem` `allowedHosts`", n(item::ALLOWED_HOSTS)),
+        ("`credentialSet.username`", n(item::USERNAME)),
+        (
+            "`credentialSet.password`, `certificateArchive.password`",
+            n(item::PASSWORD),
+        ),
+        ("`secret.value`", n(item::SECRET_VALUE)),
+        ("`certificateArchive.archive`", n(item::ARCHIVE)),
+        ("`file.content`", n(item::FILE_CONTENT)),
+        ("`file.name`", n(item::FILE_NAME)),
+        ("`oneTimePassword.secret`", n(item::OTP_SECRET)),
+        ("`certificate.pem`", n(item::PEM)),
+        (
+            "`sealed.password`, `sealed.archivePassword`, `sealed.secret`",
+            n(item::SEALED_SHORT),
+        ),
+        ("`sealed.value`", n(item::SEALED_VALUE)),
+        ("`sealed.archive`", n(item::SEALED_ARCHIVE)),
+        ("`sealed.content`", n(item::SEALED_CONTENT)),
+        ("PKCS#12 archive", format!("{} bags", pkcs12::MAX_BAGS)),
+        (
+            "PKCS#12 archive",
+            format!("nested {} deep", pkcs12::MAX_NESTING),
+        ),
+        ("PKCS#12 archive", thousands(pkcs12::MAX_ITERATIONS)),
+        ("PKCS#12 archive", thousands(pkcs12::MAX_TOTAL_ITERATIONS)),
+        (
+            "AdmissionReview request body",
+            format!("{} MiB", monivault::webhook::MAX_BODY_BYTES >> 20),
+        ),
+        (
+            "response body read from a monitored site",
+            format!("{} MiB", monivault::runner::MAX_BODY_BYTES >> 20),
+        ),
+        (
+            "response body shown in a run's `bodyExcerpt`",
+            n(BODY_EXCERPT_BYTES),
+        ),
+        (
+            "response headers",
+            format!("{} over HTTP/1.1", n(MAX_RESPONSE_HEADERS)),
+        ),
+        (
+            "response headers",
+            format!(
+                "{} bytes over HTTP/2",
+                thousands(u64::from(MAX_RESPONSE_HEADER_BYTES))
+            ),
+        ),
+        ("redirects followed", n(MAX_REDIRECTS)),
+        (
+            "a check's `message`, and each assertion's message",
+            n(MAX_MESSAGE_BYTES),
+        ),
+    ];
+    let table = limits_table();
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(input, value)| {
+            !table.get(*input).is_some_and(|row| {
+                row.split(" | ")
+                    .nth(1)
+                    .is_some_and(|limit| limit.contains(value.as_str()))
+            })
+        })
+        .map(|(input, value)| format!("{input}: {value}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "docs/concepts.md#limits must state these limits as the code does:\n  {}",
+        wrong.join("\n  ")
+    );
+}
+
+#[test]
+fn thousands_are_separated_as_the_docs_write_them() {
+    assert_eq!(thousands(64), "64");
+    assert_eq!(thousands(1_024), "1,024");
+    assert_eq!(thousands(262_144), "262,144");
+    assert_eq!(thousands(4_000_000), "4,000,000");
 }
