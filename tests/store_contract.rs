@@ -674,9 +674,9 @@ async fn the_secrets_have_the_documented_layout(b: &impl Backend) {
     };
 
     let root_secret = b.raw(ROOT_KEY_SECRET).await.expect("root key Secret");
-    let data = check(&root_secret, "root-key", &["current", "since", "v3"]);
+    let data = check(&root_secret, "root-key", &["current", "sinceMs", "v3"]);
     assert_eq!(data["current"].0, b"3");
-    assert_eq!(data["since"].0, b"1800000000");
+    assert_eq!(data["sinceMs"].0, b"1800000000000");
     assert_eq!(data["v3"].0, [0x88; 32], "raw 32 bytes");
 
     let keyring_secret = b.raw(KEYRING_SECRET).await.expect("keyring Secret");

@@ -268,7 +268,10 @@ impl<S: Store> Keys<S> {
     pub async fn keyring_for(&self, namespace: &str) -> Result<Keyring, KeyError> {
         match self.store.environment(namespace).await? {
             Some(stored) => Ok(stored.value),
-            None => Ok(Keyring::new(&self.current_root().await?, now_millis())),
+            None => Ok(Keyring::new(
+                &self.current_root().await?,
+                UnixMillis::from_millis(0),
+            )),
         }
     }
 
