@@ -178,14 +178,15 @@ struct WebhookArgs {
     /// keep the webhook port reachable from the API server only (a NetworkPolicy).
     #[arg(long, env = "MONIVAULT_WEBHOOK_CLIENT_CA_FILE")]
     webhook_client_ca_file: Option<PathBuf>,
-    /// How long the webhooks keep a SubjectAccessReview's answer (0s: not at all). It is
-    /// also the longest that a revoked `use` still admits that user's monitor writes, and
-    /// that a new grant takes to count.
+    /// How long the webhooks keep a SubjectAccessReview's answer for Monitor and
+    /// MonitorRun writes (0s: not at all; at most 60s). It is also the longest that a
+    /// revoked `use` still admits that user's monitor writes, and that a new grant takes to
+    /// count.
     #[arg(
         long,
         env = "MONIVAULT_ACCESS_REVIEW_CACHE_TTL",
         default_value = "10s",
-        value_parser = monivault::api::duration::parse_period
+        value_parser = webhook::review_cache::parse_ttl
     )]
     access_review_cache_ttl: Duration,
 }

@@ -21,34 +21,45 @@ use crate::webhook::review_cache::CachingAuthorizer;
 
 /// The admission decisions, with what they need: the keys (sealing, stamps), an authorizer
 /// and lookups. Production uses SubjectAccessReviews and the API server; tests use tables.
-pub struct Webhooks<S, A = CachingAuthorizer<SubjectAccessReviewAuthorizer>, L = KubeLookup> {
+pub struct Webhooks<S, A = SubjectAccessReviewAuthorizer, L = KubeLookup> {
     keys: Arc<Keys<S>>,
-    authorizer: A,
+    /// Cached answers serve Monitor and MonitorRun writes only: the hot path, whose
+    /// stamps the runner checks again. Widening `allowedHosts`, replacing a secret and the
+    /// delete guards ask afresh every time.
+    authorizer: CachingAuthorizer<A>,
     lookup: L,
     metrics: Option<Arc<AdmissionMetrics>>,
 }
 
 impl<S: Store> Webhooks<S> {
-    /// Access review answers are kept for `review_cache_ttl` ([`CachingAuthorizer`]).
+    /// Access review answers for monitor writes are kept for `review_cache_ttl`
+    /// ([`CachingAuthorizer`]).
     pub fn new(client: Client, keys: Arc<Keys<S>>, review_cache_ttl: Duration) -> Self {
         Webhooks::with(
             keys,
-            CachingAuthorizer::new(
-                SubjectAccessReviewAuthorizer::new(client.clone()),
-                review_cache_ttl,
-            ),
+            SubjectAccessReviewAuthorizer::new(client.clone()),
             KubeLookup::new(client),
         )
+        .with_review_cache(review_cache_ttl)
     }
 }
 
 impl<S, A, L> Webhooks<S, A, L> {
+    /// Without a review cache; see [`Webhooks::with_review_cache`].
     pub fn with(keys: Arc<Keys<S>>, authorizer: A, lookup: L) -> Self {
         Webhooks {
             keys,
-            authorizer,
+            authorizer: CachingAuthorizer::new(authorizer, Duration::ZERO),
             lookup,
             metrics: None,
+        }
+    }
+
+    /// Keeps access review answers for monitor writes for `ttl` (zero: not at all).
+    pub fn with_review_cache(self, ttl: Duration) -> Self {
+        Webhooks {
+            authorizer: CachingAuthorizer::new(self.authorizer.into_inner(), ttl),
+            ..self
         }
     }
 
@@ -76,15 +87,16 @@ where
         Box::pin(async move {
             let started = Instant::now();
             let keys = self.keys.as_ref();
-            let (authorizer, lookup) = (&self.authorizer, &self.lookup);
+            let (cached, lookup) = (&self.authorizer, &self.lookup);
+            let fresh = cached.uncached();
             let response = match route {
-                Route::MutateVaultItems => seal_vault_item(keys, authorizer, &request).await,
-                Route::ValidateVaultItems => check_vault_item(authorizer, &request).await,
+                Route::MutateVaultItems => seal_vault_item(keys, fresh, &request).await,
+                Route::ValidateVaultItems => check_vault_item(fresh, &request).await,
                 Route::MutateMonitors => {
-                    stamp_monitor_write(keys, authorizer, lookup, lookup, &request).await
+                    stamp_monitor_write(keys, cached, lookup, lookup, &request).await
                 }
                 Route::ValidateMonitors => check_monitor_write(keys, &request).await,
-                Route::ValidateDeletes => guard_delete(authorizer, lookup, &request).await,
+                Route::ValidateDeletes => guard_delete(fresh, lookup, &request).await,
             };
             if let Some(metrics) = &self.metrics {
                 metrics.observe(

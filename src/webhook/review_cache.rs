@@ -8,7 +8,8 @@
 //! A TTL of zero turns the cache off.
 //!
 //! The key is the whole question: every field of the user's identity (name, uid, groups
-//! and extra, exactly as the API server sent them) and the whole access check. Two
+//! and extra, exactly as the API server sent them) and the whole access check, hashed with
+//! SHA-256 so that an entry costs the same whatever the size of the user's groups. Two
 //! requests share an answer only when a review for either would have asked the same.
 //! Errors are never cached.
 
@@ -17,43 +18,62 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::UserInfo;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
 
-use super::authorize::{AccessCheck, AuthorizeError, Authorizer, VaultResource};
+use super::authorize::{AccessCheck, AuthorizeError, Authorizer};
 
 /// How long answers are kept unless told otherwise (as the API server's delegating
 /// authorizer does).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 
-/// Answers held at most. A burst of distinct questions beyond it starts the cache afresh
-/// rather than grow without bound (each answer is a few hundred bytes).
+/// The longest TTL the flag accepts: it is how long a revoked `use` still admits.
+pub const MAX_TTL: Duration = Duration::from_secs(60);
+
+/// Answers held at most (about 50 bytes each). Past it, expired answers go; if that frees
+/// too little, all do, so a flood of distinct questions costs one sweep per
+/// [`MAX_ENTRIES`] / 10 insertions, not one per insertion.
 pub const MAX_ENTRIES: usize = 10_000;
 
-/// Everything a review asks, owned.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Question {
-    username: Option<String>,
-    uid: Option<String>,
-    groups: Option<Vec<String>>,
-    extra: Option<BTreeMap<String, Vec<String>>>,
-    verb: String,
-    namespace: String,
-    resource: VaultResource,
-    name: String,
+/// Parses `--access-review-cache-ttl`: a period (e.g. `10s`, `0s`) of at most [`MAX_TTL`].
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = crate::api::duration::parse_period(text)?;
+    if ttl > MAX_TTL {
+        return Err(format!(
+            "{text:?} is longer than {}s: a revoked `use` would still admit for that long",
+            MAX_TTL.as_secs()
+        ));
+    }
+    Ok(ttl)
 }
 
-impl Question {
-    fn new(user: &UserInfo, check: &AccessCheck<'_>) -> Self {
-        Question {
-            username: user.username.clone(),
-            uid: user.uid.clone(),
-            groups: user.groups.clone(),
-            extra: user.extra.clone(),
-            verb: check.verb.to_owned(),
-            namespace: check.namespace.to_owned(),
-            resource: check.resource,
-            name: check.name.to_owned(),
-        }
-    }
+/// Everything a review asks, in a fixed order (`extra` is sorted by key).
+#[derive(Serialize)]
+struct Question<'a> {
+    username: Option<&'a str>,
+    uid: Option<&'a str>,
+    groups: Option<&'a [String]>,
+    extra: Option<&'a BTreeMap<String, Vec<String>>>,
+    verb: &'a str,
+    namespace: &'a str,
+    resource: &'static str,
+    name: &'a str,
+}
+
+/// The question's SHA-256; `None` if it cannot be serialized (then nothing is cached).
+fn question_key(user: &UserInfo, check: &AccessCheck<'_>) -> Option<[u8; 32]> {
+    let question = Question {
+        username: user.username.as_deref(),
+        uid: user.uid.as_deref(),
+        groups: user.groups.as_deref(),
+        extra: user.extra.as_ref(),
+        verb: check.verb,
+        namespace: check.namespace,
+        resource: check.resource.as_str(),
+        name: check.name,
+    };
+    let bytes = serde_json::to_vec(&question).ok()?;
+    Some(Sha256::digest(&bytes).into())
 }
 
 /// Where the cache reads the time; tests move it by hand.
@@ -76,7 +96,7 @@ pub struct CachingAuthorizer<A, C = MonotonicClock> {
     inner: A,
     ttl: Duration,
     clock: C,
-    answers: Mutex<HashMap<Question, (bool, Instant)>>,
+    answers: Mutex<HashMap<[u8; 32], (bool, Instant)>>,
 }
 
 impl<A> CachingAuthorizer<A> {
@@ -96,24 +116,37 @@ impl<A, C> CachingAuthorizer<A, C> {
         }
     }
 
-    fn cached(&self, question: &Question, now: Instant) -> Option<bool> {
+    /// The authorizer behind the cache, for questions that must be asked afresh.
+    pub fn uncached(&self) -> &A {
+        &self.inner
+    }
+
+    pub fn into_inner(self) -> A {
+        self.inner
+    }
+
+    fn cached(&self, key: &[u8; 32], now: Instant) -> Option<bool> {
         let answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
         answers
-            .get(question)
+            .get(key)
             .filter(|(_, at)| now.saturating_duration_since(*at) < self.ttl)
             .map(|(allowed, _)| *allowed)
     }
 
-    fn remember(&self, question: Question, allowed: bool, at: Instant) {
+    fn remember(&self, key: [u8; 32], allowed: bool, asked: Instant) {
         let mut answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
         if answers.len() >= MAX_ENTRIES {
-            let ttl = self.ttl;
-            answers.retain(|_, (_, given)| at.saturating_duration_since(*given) < ttl);
-            if answers.len() >= MAX_ENTRIES {
+            let (ttl, now) = (self.ttl, asked);
+            answers.retain(|_, (_, given)| now.saturating_duration_since(*given) < ttl);
+            if answers.len() >= MAX_ENTRIES - MAX_ENTRIES / 10 {
                 answers.clear();
             }
         }
-        answers.insert(question, (allowed, at));
+        // A slow answer never replaces one asked for later.
+        let newer = answers.get(&key).is_some_and(|(_, given)| *given > asked);
+        if !newer {
+            answers.insert(key, (allowed, asked));
+        }
     }
 }
 
@@ -126,15 +159,17 @@ impl<A: Authorizer, C: Clock> Authorizer for CachingAuthorizer<A, C> {
         if self.ttl.is_zero() {
             return self.inner.allowed(user, check).await;
         }
-        let question = Question::new(user, check);
+        let Some(key) = question_key(user, check) else {
+            return self.inner.allowed(user, check).await;
+        };
         let asked = self.clock.now();
-        if let Some(allowed) = self.cached(&question, asked) {
+        if let Some(allowed) = self.cached(&key, asked) {
             return Ok(allowed);
         }
         // Dated before asking, so an answer is never used longer than the TTL after the
         // API server gave it.
         let allowed = self.inner.allowed(user, check).await?;
-        self.remember(question, allowed, asked);
+        self.remember(key, allowed, asked);
         Ok(allowed)
     }
 }
@@ -144,7 +179,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use super::*;
-    use crate::webhook::USE_VERB;
+    use crate::webhook::{USE_VERB, VaultResource};
 
     /// A clock that moves only when told.
     struct ManualClock(Mutex<Instant>);
@@ -287,6 +322,27 @@ mod tests {
             asks.len(),
             "each asked once"
         );
+    }
+
+    #[test]
+    fn a_slow_answer_never_replaces_a_newer_one() {
+        let inner = Counting::default();
+        let clock = ManualClock::new();
+        let cache = CachingAuthorizer::with_clock(&inner, Duration::from_secs(10), &clock);
+        let key = question_key(&user("alice", &[]), &check("checkout")).expect("key");
+        let t0 = (&clock).now();
+        cache.remember(key, false, t0 + Duration::from_secs(2));
+        cache.remember(key, true, t0);
+        assert_eq!(cache.cached(&key, t0 + Duration::from_secs(3)), Some(false));
+    }
+
+    #[test]
+    fn the_ttl_flag_is_bounded() {
+        assert_eq!(parse_ttl("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_ttl("1m"), Ok(MAX_TTL));
+        let err = parse_ttl("61s").expect_err("too long");
+        assert!(err.contains("60s"), "{err}");
+        assert!(parse_ttl("soon").is_err());
     }
 
     #[tokio::test]
