@@ -138,8 +138,8 @@ impl KeyKind {
 pub enum Trigger {
     /// Only if the key is due under the policy (age, or the encryption count).
     Schedule,
-    /// Asked for at this time (Unix seconds): only if the current key is older than that,
-    /// and not before that time.
+    /// Asked for at this moment: only if the current key is older than that, and not
+    /// before that moment.
     Requested { at: UnixMillis },
 }
 
@@ -422,7 +422,10 @@ pub async fn rotate_command(
         if args.wait
             && let Some(ends) = state.grace_ends
         {
-            let left = now_millis().until(ends);
+            // A second in hand: the sleep is on the monotonic clock, the grace on the wall's.
+            let left = now_millis()
+                .until(ends)
+                .saturating_add(Duration::from_secs(1));
             tracing::info!(
                 seconds = left.as_secs_f64(),
                 "waiting out the old root key's retire grace"
