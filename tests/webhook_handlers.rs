@@ -1449,7 +1449,7 @@ async fn a_monitor_may_have_only_so_many_unfinished_runs() {
 
     let full = authorize_in(with_runs(MAX, 0), &grants, create("alice", by_ref())).await;
     assert!(!full.response.allowed);
-    assert_eq!(full.response.result.code, 429);
+    assert_eq!(full.response.result.code, 403);
     assert!(
         full.message().contains(&format!(
             "Monitor \"shop\" has {MAX} runs that have not finished, and at most {MAX} may wait at once"
@@ -1458,7 +1458,7 @@ async fn a_monitor_may_have_only_so_many_unfinished_runs() {
         full.message()
     );
     let inline_full = authorize_in(with_runs(0, MAX), &grants, create("alice", inline())).await;
-    assert_eq!(inline_full.response.result.code, 429);
+    assert_eq!(inline_full.response.result.code, 403);
     assert!(
         inline_full
             .message()
@@ -1738,6 +1738,35 @@ async fn a_run_named_by_generate_name_is_stamped_and_verifies_under_its_final_na
         .expect("verifies");
     assert_eq!(refs.user, "bob");
     assert_eq!(refs.items.get(ITEM), Some(&format!("uid-{ITEM}")));
+
+    // The same request again, in the same second: its own stamp (a stamp runs once, so
+    // two runs sharing one would fail the second), which verifies too.
+    let mut again = request("MonitorRun", "monitorruns", "CREATE", "bob", &run);
+    again["name"] = json!("");
+    let second = admit(&webhooks, Route::MutateMonitors, again).await;
+    assert!(second.response.allowed, "{}", second.message());
+    let mut other = second.patched(&run);
+    other["metadata"]["name"] = json!("test-now-q9z4m");
+    let stamp_of = |o: &Value| o["metadata"]["annotations"][STAMP_ANNOTATION].clone();
+    assert_ne!(
+        stamp_of(&other),
+        stamp_of(&stored),
+        "each admission its own stamp"
+    );
+    let refs2 = stamp::verify_run(webhooks.keys(), &typed::<MonitorRun>(&other))
+        .await
+        .expect("verifies");
+    assert_ne!(refs2.mac, refs.mac);
+    // Without its nonce, the stamp does not verify.
+    let mut text: Value =
+        serde_json::from_str(stamp_of(&other).as_str().expect("text")).expect("json");
+    assert!(text["nonce"].is_string(), "{text}");
+    text.as_object_mut().expect("object").remove("nonce");
+    other["metadata"]["annotations"][STAMP_ANNOTATION] = json!(text.to_string());
+    let error = stamp::verify_run(webhooks.keys(), &typed::<MonitorRun>(&other))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StampError::Mismatch { .. }), "{error}");
 
     // The same stamp on a name outside the prefix does not verify.
     stored["metadata"]["name"] = json!("other-x7k2p");

@@ -36,6 +36,10 @@ pub struct StampClaims<'a> {
     pub user: &'a str,
     /// Unix seconds.
     pub issued_at: i64,
+    /// Random, for a stamp bound to a `generateName`: two runs of one spec, asked for by
+    /// one user in one second, would otherwise carry the same stamp, and a stamp runs
+    /// once. Stamps without it sign exactly as before.
+    pub nonce: Option<&'a str>,
 }
 
 impl StampClaims<'_> {
@@ -71,6 +75,10 @@ impl StampClaims<'_> {
         }
         field(self.user.as_bytes());
         field(&self.issued_at.to_be_bytes());
+        if let Some(nonce) = self.nonce {
+            field(b"nonce");
+            field(nonce.as_bytes());
+        }
         mac
     }
 
@@ -106,6 +114,7 @@ mod tests {
             items: &items,
             user: "alice",
             issued_at: 1_700_000_000,
+            nonce: None,
         };
         let tag = claims.sign(&root(1));
         assert!(claims.verify(&root(1), &tag));
@@ -158,8 +167,25 @@ mod tests {
                 issued_at: 1_700_000_001,
                 ..claims
             },
+            StampClaims {
+                nonce: Some(""),
+                ..claims
+            },
         ];
         for variant in variants {
+            assert!(!variant.verify(&root(1), &tag), "{variant:?}");
+        }
+        let with_nonce = StampClaims {
+            nonce: Some("n1"),
+            ..claims
+        };
+        let tag = with_nonce.sign(&root(1));
+        assert!(with_nonce.verify(&root(1), &tag));
+        for other in [None, Some("n2"), Some("n")] {
+            let variant = StampClaims {
+                nonce: other,
+                ..claims
+            };
             assert!(!variant.verify(&root(1), &tag), "{variant:?}");
         }
         assert!(!claims.verify(&root(1), &tag[..31]), "a truncated tag");

@@ -126,6 +126,9 @@ struct StampText {
     /// Set when the object had only a `generateName` at admission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     generate_name: Option<String>,
+    /// With `generate_name`: makes each admission's stamp its own ([`StampClaims::nonce`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nonce: Option<String>,
     mac: String,
 }
 
@@ -251,6 +254,13 @@ pub async fn make_stamp<S: Store>(
         issued_at,
     } = stamp;
     let root = keys.current_root().await?;
+    let nonce = match name {
+        StampedName::GenerateName(_) => Some(new_nonce().map_err(|e| StampError::Malformed {
+            kind: kind.as_str(),
+            reason: e.to_string(),
+        })?),
+        StampedName::Name(_) => None,
+    };
     let claims = StampClaims {
         kind: kind.as_str(),
         namespace,
@@ -259,6 +269,7 @@ pub async fn make_stamp<S: Store>(
         items: &items,
         user: &user,
         issued_at,
+        nonce: nonce.as_deref(),
     };
     let mac = URL_SAFE_NO_PAD.encode(claims.sign(&root));
     let text = StampText {
@@ -271,6 +282,7 @@ pub async fn make_stamp<S: Store>(
             StampedName::GenerateName(prefix) => Some(prefix.to_owned()),
             StampedName::Name(_) => None,
         },
+        nonce,
         mac,
     };
     serde_json::to_string(&text).map_err(|e| StampError::Malformed {
@@ -327,6 +339,11 @@ pub async fn check_stamp<S: Store>(
             version: stamp.key,
             source,
         })?;
+    if stamp.nonce.is_some() && stamp.generate_name.is_none() {
+        return Err(malformed(
+            "a nonce belongs to a stamp made for a generateName",
+        ));
+    }
     let claims = StampClaims {
         kind: kind_name,
         namespace,
@@ -335,6 +352,7 @@ pub async fn check_stamp<S: Store>(
         items: &stamp.items,
         user: &stamp.user,
         issued_at: stamp.iat,
+        nonce: stamp.nonce.as_deref(),
     };
     if !claims.verify(&root, &mac) {
         return Err(StampError::Mismatch { kind: kind_name });
@@ -345,6 +363,13 @@ pub async fn check_stamp<S: Store>(
         issued_at: stamp.iat,
         mac: stamp.mac,
     })
+}
+
+/// 16 random bytes, base64url.
+fn new_nonce() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// The name to bind: the object's, or its `generateName` while the API server has yet to
