@@ -1261,8 +1261,26 @@ async fn a_monitor_with_ten_unfinished_runs_gets_no_eleventh() {
                 .await
                 .unwrap_or_else(|e| panic!("run {i} is within the limit: {e}"));
         }
-        let (code, message) = refused(runs.create(&PostParams::default(), spec).await);
-        assert_eq!(code, 429, "{message}");
+        let phases: Vec<String> = runs
+            .list(&Default::default())
+            .await
+            .expect("list runs")
+            .items
+            .iter()
+            .map(|r| {
+                let status = r.status.as_ref();
+                format!(
+                    "{}: {:?} {:?}",
+                    r.name_any(),
+                    status.and_then(|s| s.phase),
+                    status.and_then(|s| s.result.as_ref()).map(|x| &x.message)
+                )
+            })
+            .collect();
+        let outcome = runs.create(&PostParams::default(), spec).await;
+        assert!(outcome.is_err(), "runs so far: {phases:#?}");
+        let (code, message) = refused(outcome);
+        assert_eq!(code, 403, "{message}");
         assert!(
             message.contains(&format!("has {MAX} runs that have not finished")),
             "{message}"

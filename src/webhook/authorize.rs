@@ -9,7 +9,7 @@
 //!
 //! The spec's size limits are checked first, before anything is parsed or looked up: this
 //! webhook runs before the API server checks the schema. A new `MonitorRun` is refused
-//! (429) while its monitor has [`MAX_UNFINISHED_RUNS_PER_MONITOR`] unfinished runs.
+//! (403, as a quota would) while its monitor has [`MAX_UNFINISHED_RUNS_PER_MONITOR`] unfinished runs.
 //!
 //! Not checked: changes to metadata alone (the spec is unchanged) and status writes; they
 //! cannot move a secret. Deletes are for the delete guards.
@@ -205,7 +205,9 @@ impl Refusal {
                 (422, "Invalid")
             }
             Refusal::NotAllowed { .. } => (403, "Forbidden"),
-            Refusal::TooManyRuns { .. } => (429, "TooManyRequests"),
+            // 403, as ResourceQuota answers: clients retry a 429 on their own (kube-rs
+            // backs off for minutes) and would sit waiting for runs to finish.
+            Refusal::TooManyRuns { .. } => (403, "Forbidden"),
             Refusal::Authorize(_) => (500, "InternalError"),
         }
     }
