@@ -192,9 +192,59 @@ async fn a_sealed_value_for_another_item_leaves_it_not_ready_with_an_event() {
         .replace("shop-login", &PostParams::default(), &item)
         .await
         .expect("replace");
-    ready_condition(&items, "shop-login", "True").await;
+    let item = ready_condition(&items, "shop-login", "True").await;
     assert!(operator.is_running(), "the operator died");
     c.assert_not_in_etcd(&[plaintext]);
+    // The copy never opened, so the note above could not hold the plaintext. The good
+    // value did open: now the plaintext has been through the controller, and neither the
+    // Events about the item, nor its status, nor the operator's log may hold it.
+    let events = events.list(&ListParams::default()).await.expect("events");
+    let about_item: Vec<&Event> = events
+        .items
+        .iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("shop-login"))
+        .collect();
+    assert!(
+        about_item
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("SealedValueInvalid")),
+        "the refusal's Event is among them"
+    );
+    assert_nowhere(
+        "the item's Events",
+        &serde_json::to_string(&about_item).expect("json"),
+        plaintext,
+    );
+    assert_nowhere(
+        "the item",
+        &serde_json::to_string(&item).expect("json"),
+        plaintext,
+    );
+    assert_nowhere("the operator's log", &operator.stderr(), plaintext);
+}
+
+/// `plaintext` is not in `text`: as is, in base64 (standard or URL-safe, at any of the
+/// three byte offsets of a longer buffer) or in hex.
+fn assert_nowhere(what: &str, text: &str, plaintext: &str) {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let bytes = plaintext.as_bytes();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut forms = vec![plaintext.to_owned(), hex.to_uppercase(), hex];
+    for skip in 0..3 {
+        let rest = &bytes[skip.min(bytes.len())..];
+        let whole = &rest[..rest.len() / 3 * 3];
+        if whole.len() >= 9 {
+            forms.push(STANDARD_NO_PAD.encode(whole));
+            forms.push(URL_SAFE_NO_PAD.encode(whole));
+        }
+    }
+    for form in forms {
+        assert!(
+            !text.contains(&form),
+            "{what} holds the plaintext as {form:?}"
+        );
+    }
 }
 
 #[tokio::test]

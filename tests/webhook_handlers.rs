@@ -2,15 +2,15 @@
 //! AdmissionReview body in, an AdmissionReview out (testing ladder step 2).
 //!
 //! Keys come from `Keys::bootstrap` over the in-memory store; authorization from a table of
-//! grants. Every item response is searched for the plaintext, patch included, in its plain
-//! and base64 forms.
+//! grants. Every item response is searched for the plaintext, patch included, in its plain,
+//! base64 (at any offset) and hex forms.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use k8s_openapi::api::authentication::v1::UserInfo;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, AdmissionReview};
@@ -130,12 +130,7 @@ impl Outcome {
             .as_ref()
             .map(Value::to_string)
             .unwrap_or_default();
-        let forms = [
-            plaintext.to_owned(),
-            STANDARD.encode(plaintext),
-            URL_SAFE_NO_PAD.encode(plaintext),
-        ];
-        for form in &forms {
+        for form in &plaintext_forms(plaintext) {
             assert!(
                 !self.wire.contains(form.as_str()),
                 "response holds {form:?}: {}",
@@ -187,6 +182,32 @@ impl Outcome {
     }
 }
 
+/// The forms a plaintext could take in a response: as is; base64 (standard and URL-safe,
+/// padded or not); the base64 of any longer buffer that holds it, at each of the three
+/// byte offsets (its whole 3-byte groups, encoded); and hex.
+fn plaintext_forms(plaintext: &str) -> Vec<String> {
+    let bytes = plaintext.as_bytes();
+    let mut forms = vec![
+        plaintext.to_owned(),
+        STANDARD.encode(bytes),
+        STANDARD_NO_PAD.encode(bytes),
+        URL_SAFE_NO_PAD.encode(bytes),
+    ];
+    for skip in 1..3 {
+        let rest = &bytes[skip.min(bytes.len())..];
+        let whole = &rest[..rest.len() / 3 * 3];
+        // Shorter than 9 bytes, 12 characters could turn up by chance in a sealed value.
+        if whole.len() >= 9 {
+            forms.push(STANDARD_NO_PAD.encode(whole));
+            forms.push(URL_SAFE_NO_PAD.encode(whole));
+        }
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    forms.push(hex.to_uppercase());
+    forms.push(hex);
+    forms
+}
+
 async fn admit_item(keys: &Keys<MemoryStore>, request: Value) -> Outcome {
     let review = webhook::review(&body(request), |req| async move {
         seal_vault_item(keys, &Everyone, &req).await
@@ -212,15 +233,26 @@ async fn open(keys: &Keys<MemoryStore>, item: &str, sealed: &str) -> String {
 
 /// Seals `plaintext` for `item`'s password, as `monivault seal` does.
 async fn seal_for(keys: &Keys<MemoryStore>, item: &str, plaintext: &str) -> String {
+    seal_field(keys, "CredentialSet", item, "password", plaintext).await
+}
+
+/// Seals `plaintext` for one field of an item of the section "checkout".
+async fn seal_field(
+    keys: &Keys<MemoryStore>,
+    item_type: &str,
+    item: &str,
+    field: &str,
+    plaintext: &str,
+) -> String {
     let keyring = keys.ensure_environment(NS).await.expect("environment");
     let root = keys.root_for(&keyring).await.expect("root");
     let public_key = keyring.sealing_public_key(&root, NS).expect("public key");
     let binding = SealBinding {
         namespace: NS,
         section: "checkout",
-        item_type: "CredentialSet",
+        item_type,
         item,
-        field: "password",
+        field,
     };
     seal(&public_key, &binding, plaintext.as_bytes()).expect("seals")
 }
@@ -363,6 +395,8 @@ async fn an_unchanged_sealed_value_is_not_checked_again_on_update() {
 async fn a_sealed_value_copied_from_another_item_is_refused_naming_the_field() {
     let keys = keys().await;
     let copied = seal_for(&keys, "other-login", PASSWORD).await;
+    // A real value: it opens for the item it was sealed for.
+    assert_eq!(open(&keys, "other-login", &copied).await, PASSWORD);
     let object = credential_set(Some(SECRET_MASK), Some(&copied));
     let outcome = admit_item(&keys, item_request("CREATE", &object)).await;
     assert!(!outcome.response.allowed);
@@ -372,6 +406,42 @@ async fn a_sealed_value_copied_from_another_item_is_refused_naming_the_field() {
     assert!(message.contains("\"shop-login\""), "{message}");
     assert!(message.contains("does not open"), "{message}");
     outcome.assert_no_plaintext(PASSWORD);
+
+    // The webhook cannot open a copy, so the check above could not fail. What a refused
+    // copy does carry through the webhook is the plaintext beside it: here the password of
+    // an archive sealed for another item, in the spec and in kubectl's copy of it.
+    let archive_password = "archive-password-beside-a-copy-5c1d";
+    let copied = seal_field(
+        &keys,
+        "CertificateArchive",
+        "other-cert",
+        "archive",
+        &STANDARD.encode(b"someone else's PKCS#12"),
+    )
+    .await;
+    let object = applied_with_kubectl(json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
+        "metadata": {"name": "client-cert", "namespace": NS},
+        "spec": {"type": "CertificateArchive", "section": "checkout", "allowedHosts": ["shop.example.com"],
+                 "certificateArchive": {"archive": SECRET_MASK, "password": archive_password},
+                 "sealed": {"archive": copied}},
+    }));
+    let request = item_request("CREATE", &object);
+    let sent = String::from_utf8(body(request.clone())).expect("utf-8");
+    assert_eq!(
+        sent.matches(archive_password).count(),
+        2,
+        "the plaintext reaches the webhook, in the spec and in last-applied"
+    );
+    let outcome = admit_item(&keys, request).await;
+    assert!(!outcome.response.allowed);
+    assert_eq!(outcome.response.result.code, 422);
+    let message = outcome.message();
+    assert!(message.contains("spec.sealed.archive "), "{message}");
+    assert!(message.contains("\"client-cert\""), "{message}");
+    assert!(message.contains("does not open"), "{message}");
+    assert!(outcome.patch.is_none());
+    outcome.assert_no_plaintext(archive_password);
 }
 
 #[tokio::test]
