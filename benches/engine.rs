@@ -3,9 +3,10 @@
 //!
 //! `cargo bench --bench engine` prints criterion's figures, then a summary with
 //! operations per second and the ratio of the engine's encrypt/decrypt to the raw cipher.
+//! The summary reads only what criterion wrote in this run, and fails if any is missing.
 
 use std::hint::black_box;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -92,39 +93,86 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// Mean time per iteration in ns, from the estimates criterion just wrote.
-fn mean_ns(name: &str) -> Option<f64> {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
+const BENCHES: [&str; 5] = ["raw_aes_gcm_encrypt", "encrypt", "decrypt", "seal", "open"];
+
+/// Where criterion keeps its results: chosen here and handed to criterion, so the summary
+/// reads the directory criterion wrote to (criterion's own order of preference).
+fn output_directory() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let path = dir
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
         .join("criterion")
-        .join(GROUP)
+}
+
+fn estimates_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(GROUP)
         .join(name)
         .join("new")
-        .join("estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    json["mean"]["point_estimate"].as_f64()
+        .join("estimates.json")
+}
+
+/// Whether criterion measures in this run, as it decides from the arguments: `cargo bench`
+/// passes `--bench`; `cargo test --benches`, `--test`, `--list` and `--profile-time` run
+/// without writing estimates.
+fn measuring() -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    args.iter().any(|a| a == "--bench")
+        && !args
+            .iter()
+            .any(|a| a == "--test" || a == "--list" || a.starts_with("--profile-time"))
+}
+
+/// Mean time per iteration in ns, from the estimates criterion wrote in this run. Their
+/// earlier copies were removed before the run, so a file that is there is this run's.
+fn mean_ns(dir: &Path, name: &str) -> f64 {
+    let path = estimates_file(dir, name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "criterion wrote no estimates for {GROUP}/{name} in this run ({}: {e}); the summary needs all of {BENCHES:?}, so run them unfiltered",
+            path.display()
+        )
+    });
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    json["mean"]["point_estimate"]
+        .as_f64()
+        .filter(|ns| ns.is_finite() && *ns > 0.0)
+        .unwrap_or_else(|| panic!("{} has no positive mean.point_estimate", path.display()))
 }
 
 fn main() {
-    let mut c = Criterion::default().configure_from_args();
-    bench(&mut c);
-    c.final_summary();
-
-    println!("\n== {GROUP} summary (this run) ==");
-    for name in ["raw_aes_gcm_encrypt", "encrypt", "decrypt", "seal", "open"] {
-        if let Some(ns) = mean_ns(name) {
-            println!("{name:>20}: {:>12.0} ops/s  ({ns:.0} ns/op)", 1e9 / ns);
+    let dir = output_directory();
+    let measuring = measuring();
+    if measuring {
+        // A result left by an earlier run must never pass for this run's.
+        for name in BENCHES {
+            let path = estimates_file(&dir, name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("cannot remove the earlier {}: {e}", path.display()),
+            }
         }
     }
-    if let (Some(raw), Some(enc), Some(dec)) = (
-        mean_ns("raw_aes_gcm_encrypt"),
-        mean_ns("encrypt"),
-        mean_ns("decrypt"),
-    ) {
-        println!("encrypt / raw AES-256-GCM: {:.2}x", enc / raw);
-        println!("decrypt / raw AES-256-GCM: {:.2}x", dec / raw);
+    let mut c = Criterion::default()
+        .output_directory(&dir)
+        .configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+    if !measuring {
+        println!("\n== {GROUP}: nothing measured in this mode, so no summary ==");
+        return;
     }
+
+    println!("\n== {GROUP} summary (this run) ==");
+    let means: Vec<f64> = BENCHES.iter().map(|name| mean_ns(&dir, name)).collect();
+    for (name, ns) in BENCHES.iter().zip(&means) {
+        println!("{name:>20}: {:>12.0} ops/s  ({ns:.0} ns/op)", 1e9 / ns);
+    }
+    let (raw, enc, dec) = (means[0], means[1], means[2]);
+    println!("encrypt / raw AES-256-GCM: {:.2}x", enc / raw);
+    println!("decrypt / raw AES-256-GCM: {:.2}x", dec / raw);
 }

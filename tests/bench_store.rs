@@ -42,16 +42,31 @@ impl Drop for Operator {
     }
 }
 
+/// (VmRSS, VmHWM) of `pid` in KiB. Panics if they cannot be read: a figure of 0 would
+/// pass for a measurement.
 fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the operator's memory from {path}: {e}"));
+    let field = |name: &str| -> u64 {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+            .filter(|kib| *kib > 0)
+            .unwrap_or_else(|| {
+                panic!("{path} has no {name} line with a size in KiB (has the process exited?)")
+            })
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[test]
+fn the_memory_reader_reads_a_live_process_and_refuses_a_missing_one() {
+    let (rss, hwm) = rss_kib(std::process::id());
+    assert!(rss > 0 && hwm >= rss, "VmRSS {rss} KiB, VmHWM {hwm} KiB");
+    let missing = std::panic::catch_unwind(|| rss_kib(u32::MAX));
+    assert!(missing.is_err(), "no process has pid {}", u32::MAX);
 }
 
 fn item(name: &str, sealed: &str) -> VaultItem {
