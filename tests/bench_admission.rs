@@ -108,6 +108,31 @@ async fn decision_seconds(op: &Operator) -> BTreeMap<String, (f64, f64)> {
     out
 }
 
+/// Updates monitor `m000` until `done(stamp before, stamp after)` holds for one update.
+async fn until_an_update(
+    probe: &Api<Monitor>,
+    what: &str,
+    done: impl Fn(Option<String>, Option<String>) -> bool,
+) {
+    let stamp_of = |m: &Monitor| m.annotations().get(STAMP_ANNOTATION).cloned();
+    let mut n = 0;
+    eventually(what, || {
+        n += 1;
+        let (probe, url) = (probe.clone(), format!("https://shop.example.com/probe?{n}"));
+        let done = &done;
+        async move {
+            let old = probe.get("m000").await.ok()?;
+            let patch = Patch::Merge(json!({"spec": {"url": url}}));
+            let new = probe
+                .patch("m000", &PatchParams::default(), &patch)
+                .await
+                .ok()?;
+            done(stamp_of(&old), stamp_of(&new)).then_some(())
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: cargo test --release --test bench_admission -- --ignored --nocapture"]
 async fn admission_latency_with_and_without_the_webhooks() {
@@ -236,19 +261,8 @@ async fn admission_latency_with_and_without_the_webhooks() {
     drop(op);
     let op = Operator::start_with_webhooks(c, &store_ns, &ns);
     let probe: Api<Monitor> = Api::namespaced(user.clone(), &ns);
-    let mut n = 0;
-    eventually("the restarted webhooks to stamp", || {
-        n += 1;
-        let (probe, url) = (probe.clone(), format!("https://shop.example.com/on?{n}"));
-        async move {
-            let old = probe.get("m000").await.ok()?;
-            let patch = Patch::Merge(json!({"spec": {"url": url}}));
-            let new = probe
-                .patch("m000", &PatchParams::default(), &patch)
-                .await
-                .ok()?;
-            (stamp_of(&new).is_some() && stamp_of(&old) != stamp_of(&new)).then_some(())
-        }
+    until_an_update(&probe, "the restarted webhooks to stamp", |old, new| {
+        new.is_some() && old != new
     })
     .await;
     round(&user, &ns, clients, 2, "warm-on").await;
@@ -270,21 +284,11 @@ async fn admission_latency_with_and_without_the_webhooks() {
         .delete(&store_ns, &dp)
         .await
         .unwrap();
-    let probe: Api<Monitor> = Api::namespaced(user.clone(), &ns);
-    let mut n = 0;
-    eventually("the API server to stop calling the webhooks", || {
-        n += 1;
-        let (probe, url) = (probe.clone(), format!("https://shop.example.com/probe?{n}"));
-        async move {
-            let old = probe.get("m000").await.ok()?;
-            let patch = Patch::Merge(json!({"spec": {"url": url}}));
-            let new = probe
-                .patch("m000", &PatchParams::default(), &patch)
-                .await
-                .ok()?;
-            (stamp_of(&old) == stamp_of(&new)).then_some(())
-        }
-    })
+    until_an_update(
+        &probe,
+        "the API server to stop calling the webhooks",
+        |old, new| old == new,
+    )
     .await;
     round(&user, &ns, clients, 2, "warm2").await;
     let without = round(&user, &ns, clients, updates, "without").await;
