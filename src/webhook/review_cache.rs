@@ -23,10 +23,6 @@ use sha2::{Digest, Sha256};
 
 use super::authorize::{AccessCheck, AuthorizeError, Authorizer};
 
-/// How long answers are kept unless told otherwise (as the API server's delegating
-/// authorizer does).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
-
 /// The longest TTL the flag accepts: it is how long a revoked `use` still admits.
 pub const MAX_TTL: Duration = Duration::from_secs(60);
 
