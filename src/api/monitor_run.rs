@@ -19,6 +19,12 @@ use super::names::ObjectName;
 /// The webhook refuses the run over the limit; the runner fails it if one gets past.
 pub const MAX_UNFINISHED_RUNS_PER_MONITOR: usize = 10;
 
+/// How long after its creation an unfinished run still counts against
+/// [`MAX_UNFINISHED_RUNS_PER_MONITOR`]: far longer than a run takes (a check times out
+/// within 120 s), so that runs a crashed leader left `Running` cannot lock their monitor
+/// out for good.
+pub const UNFINISHED_RUN_COUNTS_FOR_SECONDS: i64 = 600;
+
 /// One on-demand run. Creating it needs the use verb on every item the monitor uses.
 // kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads that as a
 // duplicated attribute.
@@ -78,14 +84,26 @@ pub struct MonitorRunSpec {
 }
 
 impl MonitorRun {
-    /// Whether the run has not finished: it still counts against
-    /// [`MAX_UNFINISHED_RUNS_PER_MONITOR`].
+    /// Whether the run has not finished.
     pub fn is_unfinished(&self) -> bool {
         !self
             .status
             .as_ref()
             .and_then(|s| s.phase)
             .is_some_and(RunPhase::is_finished)
+    }
+
+    /// Whether the run counts against [`MAX_UNFINISHED_RUNS_PER_MONITOR`] at `now` (Unix
+    /// seconds): unfinished, and created less than
+    /// [`UNFINISHED_RUN_COUNTS_FOR_SECONDS`] ago.
+    pub fn counts_as_waiting(&self, now: i64) -> bool {
+        let created = self
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second());
+        self.is_unfinished()
+            && created.is_none_or(|c| now.saturating_sub(c) < UNFINISHED_RUN_COUNTS_FOR_SECONDS)
     }
 }
 
@@ -207,4 +225,45 @@ pub struct AssertionResult {
     /// What was seen, for people. Scrubbed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(created: Option<i64>, phase: Option<RunPhase>) -> MonitorRun {
+        let mut run: MonitorRun = serde_json::from_value(serde_json::json!({
+            "apiVersion": "monivault.io/v1alpha1", "kind": "MonitorRun",
+            "metadata": {"name": "r"}, "spec": {"monitorRef": {"name": "shop"}},
+        }))
+        .expect("run");
+        run.metadata.creation_timestamp = created
+            .map(|s| Time(k8s_openapi::jiff::Timestamp::from_second(s).expect("a valid time")));
+        run.status = Some(MonitorRunStatus {
+            phase,
+            ..MonitorRunStatus::default()
+        });
+        run
+    }
+
+    #[test]
+    fn a_run_stranded_unfinished_stops_counting_against_the_cap() {
+        let now = 1_800_000_000;
+        let fresh = now - UNFINISHED_RUN_COUNTS_FOR_SECONDS + 1;
+        let stale = now - UNFINISHED_RUN_COUNTS_FOR_SECONDS;
+        for phase in [None, Some(RunPhase::Pending), Some(RunPhase::Running)] {
+            assert!(run(Some(fresh), phase).counts_as_waiting(now), "{phase:?}");
+            assert!(
+                run(None, phase).counts_as_waiting(now),
+                "{phase:?}, no time yet"
+            );
+            assert!(
+                !run(Some(stale), phase).counts_as_waiting(now),
+                "{phase:?}: left by a leader that is gone"
+            );
+        }
+        for phase in [RunPhase::Succeeded, RunPhase::Failed] {
+            assert!(!run(Some(fresh), Some(phase)).counts_as_waiting(now));
+        }
+    }
 }

@@ -676,11 +676,12 @@ impl MonitorLookup for KubeLookup {
                 what: format!("MonitorRuns in {namespace}"),
                 source,
             })?;
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
         Ok(list
             .items
             .iter()
             .filter(|run| monitor.is_some() || run.spec.monitor.is_some())
-            .filter(|run| run.is_unfinished())
+            .filter(|run| run.counts_as_waiting(now))
             .count())
     }
 }
