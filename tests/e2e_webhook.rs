@@ -267,6 +267,22 @@ async fn grant_roles(c: &Cluster, admin: &Client, ns: &str) {
     }
 }
 
+/// A loopback port that accepts connections and never answers: a run against it stays
+/// Running for its whole timeout. The handle keeps the connections open.
+async fn tarpit() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (port, held)
+}
+
 /// The API error of a refused write: its code and message.
 fn refused<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String) {
     match result {
@@ -1123,16 +1139,7 @@ async fn attack_a4_a_monitor_being_deleted_and_an_unfinished_run_keep_their_item
 
     // A Test Now of an inline spec that has not finished: its host accepts connections and
     // never answers, so the run stays Running for its whole timeout.
-    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = tarpit.local_addr().expect("address").port();
-    let _tarpit = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = tarpit.accept().await {
-            held.push(socket);
-        }
-    });
+    let (port, _tarpit) = tarpit().await;
     let runs: Api<MonitorRun> = w.api();
     let run: MonitorRun = serde_json::from_value(json!({
         "apiVersion": "monivault.io/v1alpha1", "kind": "MonitorRun",
@@ -1222,16 +1229,7 @@ async fn a_monitor_with_ten_unfinished_runs_gets_no_eleventh() {
     let w = World::new("wh-runs").await;
     // A host that accepts connections and never answers: every run stays Running for its
     // whole timeout, so none finishes while the test counts.
-    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = tarpit.local_addr().expect("address").port();
-    let _tarpit = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = tarpit.accept().await {
-            held.push(socket);
-        }
-    });
+    let (port, _tarpit) = tarpit().await;
     let slow = json!({"url": format!("https://api.test:{port}/"), "timeout": "120s",
                       "interval": "24h"});
     let monitors: Api<Monitor> = w.api();
