@@ -11,6 +11,12 @@
 //! - [`Operator`] runs `monivault run` as a child process, scoped to the test's namespaces.
 #![allow(dead_code)] // Each test binary uses its own subset of the harness.
 
+mod leaks;
+#[allow(unused_imports)] // Each test binary uses its own subset of the harness.
+pub use leaks::{
+    Form, Generated, Leak, Scanner, Scope, adopt, base32_seed, forms, generated, secret, token,
+};
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -35,7 +41,7 @@ pub struct Cluster {
     pub root: PathBuf,
     /// The variables of `target/cluster/env`.
     pub env: BTreeMap<String, String>,
-    kubeconfig: Kubeconfig,
+    pub(crate) kubeconfig: Kubeconfig,
 }
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
@@ -328,7 +334,8 @@ fn runner_resolve() -> String {
 /// A `monivault run` process scoped to one test: its own store namespace, watching only
 /// the test's namespace, serving its operations endpoints on a free loopback port.
 /// Its stderr is collected as it comes (a full pipe would stall the process). Killed
-/// (SIGKILL) on drop.
+/// (SIGKILL) on drop, and then, unless the test already failed, the leak scan runs over
+/// what it touched (see [`leaks`]): no test that runs an operator can forget it.
 pub struct Operator {
     pub child: Child,
     stderr: Arc<Mutex<String>>,
@@ -336,6 +343,10 @@ pub struct Operator {
     /// The webhook configurations it registered, removed on drop: a killed operator
     /// cannot remove them itself.
     registered: Option<(PathBuf, PathBuf, String)>,
+    /// Its `--namespace` and `--watch-namespace`, and its start: the leak scan's scope.
+    store_namespace: Option<String>,
+    watched: Vec<String>,
+    since: std::time::SystemTime,
 }
 
 impl Operator {
@@ -391,6 +402,7 @@ impl Operator {
     /// `monivault` with exactly these arguments, this kubeconfig and these extra
     /// environment variables.
     pub fn spawn(args: &[&str], kubeconfig: &str, env: &[(&str, &str)]) -> Operator {
+        let since = std::time::SystemTime::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_monivault"))
             .args(args)
             .envs(env.iter().copied())
@@ -421,6 +433,11 @@ impl Operator {
             stderr,
             drain: Some(drain),
             registered: None,
+            store_namespace: flag(args, "--namespace"),
+            watched: flag(args, "--watch-namespace")
+                .map(|list| list.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
+            since,
         }
     }
 
@@ -478,6 +495,19 @@ impl Operator {
     }
 }
 
+/// The value of `--name VALUE` or `--name=VALUE` in `args`.
+fn flag(args: &[&str], name: &str) -> Option<String> {
+    args.iter().enumerate().find_map(|(i, arg)| {
+        if *arg == name {
+            args.get(i + 1).map(|v| (*v).to_owned())
+        } else {
+            arg.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('='))
+                .map(str::to_owned)
+        }
+    })
+}
+
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
@@ -491,6 +521,19 @@ impl Drop for Operator {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+        }
+        // A failed test's leaks are not worth a second panic, which would abort.
+        if !thread::panicking() {
+            if let Some(drain) = self.drain.take() {
+                let _ = drain.join();
+            }
+            let log = self.stderr();
+            cluster().assert_no_leaks(&Scope {
+                store_namespace: self.store_namespace.as_deref(),
+                namespaces: self.watched.iter().map(String::as_str).collect(),
+                operator_log: &log,
+                since: self.since,
+            });
         }
     }
 }

@@ -1,0 +1,400 @@
+//! Secrets for end-to-end tests, and the leak scan that runs after every test.
+//!
+//! Every plaintext a test stores comes from [`secret`] (or, for material a test must make
+//! itself, such as a PKCS#12 archive, is handed to [`adopt`]). The harness remembers each
+//! one, and when a test's [`super::Operator`] is dropped it scans, for every secret this
+//! process generated, in every form a leak takes ([`forms`]):
+//! - etcd's whole keyspace, and its data files (WAL, snapshots, the bbolt file), where
+//!   overwritten and deleted values remain;
+//! - the API server's audit log since the operator started, rotated files included;
+//! - the operator's own log;
+//! - the Events and the monivault objects (spec and status) of the namespaces it watched.
+//!
+//! It also opens every record in the operator's store: a stored secret that the harness
+//! did not generate fails the test, so no test can store a fixed plaintext unscanned.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use aho_corasick::AhoCorasick;
+use base64::Engine as _;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+/// One secret the harness knows: what the test called it, and its bytes.
+#[derive(Clone)]
+pub struct Generated {
+    pub label: String,
+    pub value: Vec<u8>,
+}
+
+/// Never the value: a failing scan must not print the secret it found.
+impl fmt::Debug for Generated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Generated({:?}, {} bytes)", self.label, self.value.len())
+    }
+}
+
+static GENERATED: Mutex<Vec<Generated>> = Mutex::new(Vec::new());
+
+fn remember(label: &str, value: Vec<u8>) {
+    GENERATED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Generated {
+            label: label.to_owned(),
+            value,
+        });
+}
+
+/// Every secret this test process generated or adopted so far.
+pub fn generated() -> Vec<Generated> {
+    GENERATED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("random");
+    format!("{:016x}", u64::from_le_bytes(bytes))
+}
+
+/// A fresh plaintext, remembered for the leak scans. It ends in `+/&"`, characters that
+/// base64, URL and JSON encodings all change (Go's JSON escapes `&`), so a scan that
+/// looked only for the exact text would miss an encoded leak.
+pub fn secret(label: &str) -> String {
+    let value = format!("{label}-{}+/&\"", random_hex());
+    remember(label, value.clone().into_bytes());
+    value
+}
+
+/// A fresh plaintext of letters, digits and `-` only, for places whose syntax takes no
+/// other characters (a URL path, a header name). Remembered like [`secret`].
+pub fn token(label: &str) -> String {
+    let value = format!("{label}-{}", random_hex());
+    remember(label, value.clone().into_bytes());
+    value
+}
+
+/// A fresh TOTP seed in Base32 (RFC 4648, no padding), 160 bits as RFC 4226 advises.
+pub fn base32_seed(label: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("random");
+    let value: String = bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(b % 32)] as char)
+        .collect();
+    remember(label, value.clone().into_bytes());
+    value
+}
+
+/// Remembers secret material the test had to make itself (an archive, a private key).
+pub fn adopt(label: &str, value: &[u8]) {
+    remember(label, value.to_vec());
+}
+
+/// Where in a leak a form came from, for the failure message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Exact,
+    Base64 { offset: usize },
+    Base64Url { offset: usize },
+    UrlEncoded,
+    UrlComponent,
+    JsonEscaped,
+    GoJsonEscaped,
+}
+
+/// RFC 3986's unreserved characters stay as they are (JavaScript's encodeURIComponent).
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The texts that betray `value`, each with its form: the exact bytes; the base64
+/// (standard and URL-safe) of the value at each of the three byte offsets it can sit at
+/// inside a longer encoded string, cut to the characters that depend on the value alone;
+/// its percent-encodings; and its JSON string escapes (serde's, and Go's, which also
+/// escapes `<`, `>` and `&`). Forms equal to one already listed are left out.
+pub fn forms(value: &[u8]) -> Vec<(Form, Vec<u8>)> {
+    let mut out: Vec<(Form, Vec<u8>)> = vec![(Form::Exact, value.to_vec())];
+    let mut add = |form: Form, bytes: Vec<u8>| {
+        if !bytes.is_empty() && !out.iter().any(|(_, b)| *b == bytes) {
+            out.push((form, bytes));
+        }
+    };
+    for offset in 0..3 {
+        add(
+            Form::Base64 { offset },
+            base64_core(
+                &base64::engine::general_purpose::STANDARD_NO_PAD,
+                value,
+                offset,
+            ),
+        );
+        add(
+            Form::Base64Url { offset },
+            base64_core(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                value,
+                offset,
+            ),
+        );
+    }
+    if let Ok(text) = std::str::from_utf8(value) {
+        add(
+            Form::UrlEncoded,
+            utf8_percent_encode(text, NON_ALPHANUMERIC)
+                .to_string()
+                .into_bytes(),
+        );
+        add(
+            Form::UrlComponent,
+            utf8_percent_encode(text, COMPONENT)
+                .to_string()
+                .into_bytes(),
+        );
+        let json = serde_json::to_string(text).expect("a string serializes");
+        let json = json[1..json.len() - 1].to_owned();
+        let go = json
+            .replace('<', "\\u003c")
+            .replace('>', "\\u003e")
+            .replace('&', "\\u0026");
+        add(Form::JsonEscaped, json.into_bytes());
+        add(Form::GoJsonEscaped, go.into_bytes());
+    }
+    out
+}
+
+/// The base64 characters that encode `value` alone when it starts `offset` bytes into
+/// the encoded input: character i covers bits 6i..6i+6, and only those wholly inside the
+/// value's bits do not depend on its neighbours.
+fn base64_core(engine: &base64::engine::GeneralPurpose, value: &[u8], offset: usize) -> Vec<u8> {
+    let mut padded = vec![0u8; offset];
+    padded.extend_from_slice(value);
+    padded.extend_from_slice(&[0, 0]);
+    let encoded = engine.encode(&padded).into_bytes();
+    let start = (8 * offset).div_ceil(6);
+    let end = (8 * (offset + value.len())) / 6;
+    encoded.get(start..end).unwrap_or_default().to_vec()
+}
+
+/// A leak: which secret, in which form, found where.
+#[derive(Debug)]
+pub struct Leak {
+    pub label: String,
+    pub form: Form,
+    pub place: String,
+}
+
+/// Finds `secrets` in haystacks, in every form of [`forms`].
+pub struct Scanner {
+    matcher: AhoCorasick,
+    patterns: Vec<(String, Form)>,
+}
+
+impl Scanner {
+    pub fn new(secrets: &[Generated]) -> Scanner {
+        let mut texts = Vec::new();
+        let mut patterns = Vec::new();
+        for secret in secrets {
+            for (form, text) in forms(&secret.value) {
+                texts.push(text);
+                patterns.push((secret.label.clone(), form));
+            }
+        }
+        Scanner {
+            matcher: AhoCorasick::new(&texts).expect("leak patterns"),
+            patterns,
+        }
+    }
+
+    /// Every distinct secret and form found in `haystack`, said to be at `place`.
+    pub fn scan(&self, place: &str, haystack: &[u8]) -> Vec<Leak> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.matcher
+            .find_overlapping_iter(haystack)
+            .filter(|m| seen.insert(m.pattern().as_usize()))
+            .map(|m| {
+                let (label, form) = &self.patterns[m.pattern().as_usize()];
+                Leak {
+                    label: label.clone(),
+                    form: *form,
+                    place: place.to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    /// [`Scanner::scan`] over every file under `dir`, read as it is now.
+    pub fn scan_dir(&self, dir: &Path) -> Vec<Leak> {
+        let mut leaks = Vec::new();
+        for path in files_under(dir) {
+            // etcd may remove a WAL segment or snapshot between the listing and the read.
+            if let Ok(bytes) = std::fs::read(&path) {
+                leaks.extend(self.scan(&path.display().to_string(), &bytes));
+            }
+        }
+        leaks
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => todo.push(path),
+                Ok(t) if t.is_file() => files.push(path),
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// What one test's operator leaves for the scan: where it kept its store, what it
+/// watched, what it logged, and since when.
+pub struct Scope<'a> {
+    pub store_namespace: Option<&'a str>,
+    pub namespaces: Vec<&'a str>,
+    pub operator_log: &'a str,
+    pub since: SystemTime,
+}
+
+impl super::Cluster {
+    /// Every place of the module docs, scanned for `secrets`. Returns what it found.
+    pub fn leaks(&self, secrets: &[Generated], scope: &Scope<'_>) -> Vec<Leak> {
+        let scanner = Scanner::new(secrets);
+        let mut leaks = scanner.scan("etcd's keyspace", self.etcd_dump().as_bytes());
+        leaks.extend(
+            scanner.scan_dir(&PathBuf::from(self.var("MONIVAULT_CLUSTER_DIR")).join("etcd")),
+        );
+        leaks.extend(scanner.scan(
+            "the audit log",
+            self.audit_log_since(scope.since).as_bytes(),
+        ));
+        leaks.extend(scanner.scan("the operator's log", scope.operator_log.as_bytes()));
+        for ns in &scope.namespaces {
+            let out = self.kubectl(&[
+                "get",
+                "events,vaultitems,vaultsections,monitors,monitorruns",
+                "-n",
+                ns,
+                "-o",
+                "json",
+            ]);
+            assert!(
+                out.status.success(),
+                "kubectl get in {ns}: {}",
+                super::stderr(&out)
+            );
+            leaks.extend(scanner.scan(&format!("the objects and Events of {ns}"), &out.stdout));
+        }
+        leaks
+    }
+
+    /// Fails the test if any secret this process generated leaked anywhere in `scope`, or
+    /// if the store holds a secret that the harness did not generate.
+    pub fn assert_no_leaks(&self, scope: &Scope<'_>) {
+        let secrets = generated();
+        let leaks = self.leaks(&secrets, scope);
+        assert!(leaks.is_empty(), "secrets leaked: {leaks:#?}");
+        if let Some(store) = scope.store_namespace {
+            let strangers = self.stored_secrets_not_generated(store, &secrets);
+            assert!(
+                strangers.is_empty(),
+                "the store in {store} holds secrets the harness did not generate \
+                 (use support::secret, token, base32_seed or adopt): {strangers:?}"
+            );
+        }
+    }
+
+    /// Opens every record in `store_ns` and names each field whose plaintext is not one
+    /// of `secrets` ("namespace/item field"). Records that do not open (a test of a wrong
+    /// root key, a record left behind) are skipped: they are not the test's plaintexts.
+    /// Writes nothing: without a root key and a keyring head it reads nothing either.
+    pub fn stored_secrets_not_generated(
+        &self,
+        store_ns: &str,
+        secrets: &[Generated],
+    ) -> Vec<String> {
+        let kubeconfig = self.kubeconfig.clone();
+        let store_ns = store_ns.to_owned();
+        let known: std::collections::HashSet<Vec<u8>> =
+            secrets.iter().map(|s| s.value.clone()).collect();
+        // Called from Drop inside a test's runtime: a runtime of its own, on a thread.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(strangers_in(kubeconfig, store_ns, known))
+        })
+        .join()
+        .expect("the store scan")
+    }
+}
+
+async fn strangers_in(
+    kubeconfig: kube::config::Kubeconfig,
+    store_ns: String,
+    known: std::collections::HashSet<Vec<u8>>,
+) -> Vec<String> {
+    use monivault::crypto::ItemBinding;
+    use monivault::store::{Keys, SecretStore, Store, StoredKeyring};
+    use std::sync::Arc;
+
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("admin kubeconfig");
+    let client = kube::Client::try_from(config).expect("admin client");
+    let store = Arc::new(SecretStore::new(client, store_ns.clone()));
+    // Only a store in today's format: bootstrap would create or split anything else.
+    let ready = matches!(store.root_keys().await, Ok(Some(_)))
+        && matches!(
+            store.keyring_head().await,
+            Ok(Some(head)) if matches!(head.value, StoredKeyring::Head(_))
+        );
+    if !ready {
+        return Vec::new();
+    }
+    let Ok(keys) = Keys::bootstrap(store.clone()).await else {
+        return Vec::new();
+    };
+    let records = store
+        .list_records()
+        .await
+        .expect("list the store's records");
+    let mut strangers = Vec::new();
+    for (key, record) in records.items {
+        let Ok(ring) = keys.keyring_for(&key.namespace).await else {
+            continue;
+        };
+        let Ok(root) = keys.root_for(&ring).await else {
+            continue;
+        };
+        for (field, text) in &record.value.fields {
+            let binding = ItemBinding {
+                namespace: &key.namespace,
+                item: &key.name,
+                uid: &record.value.uid,
+                field,
+            };
+            if let Ok(plaintext) = ring.decrypt(&root, &binding, text)
+                && !known.contains(plaintext.expose())
+            {
+                strangers.push(format!("{}/{} {field}", key.namespace, key.name));
+            }
+        }
+    }
+    strangers
+}
