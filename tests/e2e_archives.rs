@@ -14,18 +14,11 @@ use monivault::api::vault_item::VaultItem;
 use monivault::crypto::{SealBinding, SealingPublicKey, seal};
 use serde_json::json;
 use support::{
-    Operator, cluster, credential_set, eventually, http_get, ready_condition, section_public_key,
+    EXAMPLE_ARCHIVE_PASSWORD, Operator, cluster, credential_set, eventually, example_archive,
+    http_get, ready_condition, section_public_key,
 };
 
 use archive_bombs::{BOMB_PASSWORD, hidden_scrypt_bomb, many_bags, scrypt_bomb};
-
-/// The throwaway PKCS#12 of `examples/item-certificate-archive.yaml` (password `changeit`).
-fn example_archive() -> &'static str {
-    include_str!("../examples/item-certificate-archive.yaml")
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("archive: "))
-        .expect("the example archive")
-}
 
 /// Seals `value` for `field` of item `item` in `ns`, as `monivault seal` does. The one place
 /// this test seals: the sealing format is about to bind more than namespace, item and field.
@@ -140,7 +133,12 @@ async fn a_pkcs12_bomb_is_refused_at_admission_naming_the_limit() {
     }
 
     // A sound archive goes in, and the controller reads it.
-    let good = archive_item("shop-client-cert", example_archive(), "changeit", false);
+    let good = archive_item(
+        "shop-client-cert",
+        example_archive(),
+        EXAMPLE_ARCHIVE_PASSWORD,
+        false,
+    );
     items
         .create(&PostParams::default(), &good)
         .await
@@ -200,13 +198,20 @@ async fn with_the_webhook_bypassed_a_bomb_is_not_ready_and_the_controller_goes_o
         &ns,
         "shop-client-cert",
         &STANDARD.decode(example_archive()).expect("base64"),
-        "changeit",
+        EXAMPLE_ARCHIVE_PASSWORD,
     );
     items
         .create(&PostParams::default(), &archive)
         .await
         .expect("create the sound archive");
-    let login_password = seal_field(&key, &ns, "shop-login", "password", b"bypass-pw-3c1a");
+    let login_password = support::secret("bypass-pw");
+    let login_password = seal_field(
+        &key,
+        &ns,
+        "shop-login",
+        "password",
+        login_password.as_bytes(),
+    );
     items
         .create(
             &PostParams::default(),

@@ -129,9 +129,9 @@ async fn a_lost_store_comes_back_from_a_sealed_backup_taken_before_a_rotation() 
     // Items and a monitor exist.
     let public_key = section_public_key(&client, &ns).await;
     let (p1, p2, p3) = (
-        fresh("backup-pw-one"),
-        fresh("backup-pw-two"),
-        fresh("backup-pw-git"),
+        support::secret("backup-pw-one"),
+        support::secret("backup-pw-two"),
+        support::secret("backup-pw-git"),
     );
     let items: Api<VaultItem> = Api::namespaced(client.clone(), &ns);
     for (name, password) in [("db-login", &p1), ("api-login", &p2)] {
@@ -163,7 +163,7 @@ async fn a_lost_store_comes_back_from_a_sealed_backup_taken_before_a_rotation() 
         .expect("create monitor");
 
     // A monitor that runs, logging in to a local HTTPS site with a secret of the store.
-    let p4 = fresh("backup-pw-runner");
+    let p4 = support::secret("backup-pw-runner");
     let logins = Arc::new(AtomicUsize::new(0));
     let expected = format!("Basic {}", STANDARD.encode(format!("bot:{p4}")));
     let counted = logins.clone();

@@ -30,7 +30,7 @@ use monivault::api::Monitor;
 use monivault::api::vault_item::VaultItem;
 use monivault::api::vault_section::VaultSection;
 use serde_json::{Value, json};
-use support::{Cluster, Operator, cluster, eventually, fresh, stderr, stdout};
+use support::{Cluster, Operator, cluster, eventually, stderr, stdout};
 
 const RELEASE: &str = "monivault";
 const SERVICE_ACCOUNT: &str = "monivault";
@@ -415,7 +415,7 @@ async fn the_chart_installs_runs_with_least_privilege_upgrades_and_uninstalls() 
         .create(&PostParams::default(), &section)
         .await
         .expect("create the section");
-    let password = fresh("chart-password");
+    let password = support::secret("chart-password");
     let items: Api<VaultItem> = Api::namespaced(admin.clone(), &app_ns);
     let item: VaultItem = serde_json::from_value(json!({
         "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",

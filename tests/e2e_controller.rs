@@ -11,7 +11,10 @@ use monivault::api::condition::{READY, find_condition};
 use monivault::api::vault_item::VaultItem;
 use monivault::crypto::{ItemBinding, SealBinding, SealingPublicKey, seal};
 use monivault::store::{ItemKey, SecretStore, Store};
-use support::{Operator, cluster, credential_set, eventually, ready_condition, section_public_key};
+use support::{
+    EXAMPLE_ARCHIVE_PASSWORD, Operator, cluster, credential_set, eventually, example_archive,
+    ready_condition, section_public_key,
+};
 
 #[tokio::test]
 async fn a_sealed_item_becomes_ready_and_only_the_root_key_opens_its_record() {
@@ -23,7 +26,7 @@ async fn a_sealed_item_becomes_ready_and_only_the_root_key_opens_its_record() {
 
     let public_key = section_public_key(&admin, &ns).await;
     assert_eq!(public_key.namespace(), ns);
-    let plaintext = "ingest-plaintext-4b1f9e";
+    let plaintext: &str = &support::secret("ingest-plaintext");
     let binding = SealBinding {
         namespace: &ns,
         section: "checkout",
@@ -129,7 +132,7 @@ async fn a_sealed_value_for_another_item_leaves_it_not_ready_with_an_event() {
     let mut operator = Operator::start(c, &store_ns, &ns);
 
     let public_key = section_public_key(&admin, &ns).await;
-    let plaintext = "tamper-plaintext-77c2d0";
+    let plaintext: &str = &support::secret("tamper-plaintext");
     // Sealed for another item: copying it here must not work.
     let binding = SealBinding {
         namespace: &ns,
@@ -283,15 +286,6 @@ async fn an_operator_without_its_root_key_refuses_to_start() {
     );
 }
 
-/// The throwaway PKCS#12 of `examples/item-certificate-archive.yaml` (password `changeit`),
-/// as the base64 text a user writes into `certificateArchive.archive`.
-fn example_archive() -> &'static str {
-    include_str!("../examples/item-certificate-archive.yaml")
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("archive: "))
-        .expect("the example archive")
-}
-
 fn certificate_archive(name: &str, sealed_archive: &str, sealed_password: &str) -> VaultItem {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
@@ -336,7 +330,7 @@ async fn a_certificate_archive_reports_its_subject_issuer_and_validity() {
     let item = certificate_archive(
         name,
         &seal_field(&key, &ns, name, "archive", example_archive()),
-        &seal_field(&key, &ns, name, "archivePassword", "changeit"),
+        &seal_field(&key, &ns, name, "archivePassword", EXAMPLE_ARCHIVE_PASSWORD),
     );
     let items: Api<VaultItem> = Api::namespaced(admin.clone(), &ns);
     items
@@ -382,7 +376,7 @@ async fn a_wrong_archive_password_leaves_the_item_not_ready() {
 
     let key = section_public_key(&admin, &ns).await;
     let name = "shop-client-cert";
-    let wrong = "wrong-archive-password-5e2a";
+    let wrong: &str = &support::secret("wrong-archive-password");
     let item = certificate_archive(
         name,
         &seal_field(&key, &ns, name, "archive", example_archive()),
@@ -514,7 +508,7 @@ async fn an_altered_store_record_is_rebuilt_from_the_sealed_value() {
     let store_ns = c.temp_namespace("ctl-store").await;
     let mut operator = Operator::start(c, &store_ns, &ns);
     let public_key = section_public_key(&admin, &ns).await;
-    let plaintext = "record-plaintext-90d1c3";
+    let plaintext: &str = &support::secret("record-plaintext");
     let binding = SealBinding {
         namespace: &ns,
         section: "checkout",
@@ -613,7 +607,8 @@ async fn used_by_lists_the_monitors_that_reference_the_item() {
         item: "shop-login",
         field: "password",
     };
-    let sealed = seal(&public_key, &binding, b"usedby-plaintext").expect("seal");
+    let plaintext = support::secret("usedby-plaintext");
+    let sealed = seal(&public_key, &binding, plaintext.as_bytes()).expect("seal");
     let items: Api<VaultItem> = Api::namespaced(admin.clone(), &ns);
     items
         .create(
@@ -679,7 +674,7 @@ async fn monivault_seal_reads_the_key_from_the_section_and_the_item_becomes_read
     let _operator = Operator::start(c, &store_ns, &ns);
     section_public_key(&admin, &ns).await;
 
-    let plaintext = "seal-cli-plaintext-51aa07";
+    let plaintext: &str = &support::secret("seal-cli-plaintext");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_monivault"))
         .args([
             "seal",

@@ -112,7 +112,13 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over_when_it_dies
 
     let public_key = section_public_key(&admin, &ns).await;
     let items: Api<VaultItem> = Api::namespaced(admin.clone(), &ns);
-    let first = sealed_password(&public_key, &ns, "first", "leader-plaintext-3d81aa").await;
+    let first = sealed_password(
+        &public_key,
+        &ns,
+        "first",
+        &support::secret("leader-plaintext"),
+    )
+    .await;
     items
         .create(&PostParams::default(), &credential_set("first", &first))
         .await
@@ -146,7 +152,13 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over_when_it_dies
     alpha.kill();
     wait_for_holder(&admin, &store_ns, "replica-beta").await;
     wait_for_sample(beta_ops, "monivault_is_leader", |n| n == 1.0).await;
-    let second = sealed_password(&public_key, &ns, "second", "takeover-plaintext-9c04e2").await;
+    let second = sealed_password(
+        &public_key,
+        &ns,
+        "second",
+        &support::secret("takeover-plaintext"),
+    )
+    .await;
     items
         .create(&PostParams::default(), &credential_set("second", &second))
         .await
@@ -186,7 +198,7 @@ async fn health_readiness_and_metrics_answer_and_metrics_hold_no_secret() {
 
     let public_key = section_public_key(&admin, &ns).await;
     let items: Api<VaultItem> = Api::namespaced(admin.clone(), &ns);
-    let plaintext = "metrics-plaintext-51e7b0";
+    let plaintext: &str = &support::secret("metrics-plaintext");
     let sealed = sealed_password(&public_key, &ns, "shop-login", plaintext).await;
     items
         .create(
@@ -336,15 +348,15 @@ fn impersonating_kubeconfig(c: &support::Cluster, user: &str, path: &std::path::
     std::fs::write(path, serde_json::to_vec(&config).expect("json")).expect("write");
 }
 
-#[tokio::test]
-async fn sigterm_ends_the_operator_in_bounded_time_even_when_a_cache_never_fills() {
-    let c = cluster();
-    let admin = c.admin().await;
-    let ns = c.temp_namespace("ops-stuck").await;
-    let store_ns = c.temp_namespace("ops-stuck-store").await;
-    // Everything the operator needs but listing Monitors: the caches of monitors never
-    // fill, and kube-runtime's graceful shutdown waits for them.
-    let user = support::fresh("stuck-operator");
+/// An operator that may do everything it needs but list Monitors (the user `user`, by
+/// impersonation): its monitor caches never fill until `grant_monitors` gives it the
+/// rest. Returns the operator and the kubeconfig's directory, which must outlive it.
+fn operator_that_cannot_list_monitors(
+    c: &support::Cluster,
+    user: &str,
+    store_ns: &str,
+    ns: &str,
+) -> (Operator, tempfile::TempDir) {
     let rules = r#"[
         {"apiGroups": ["", "coordination.k8s.io", "events.k8s.io", "authorization.k8s.io",
                        "admissionregistration.k8s.io"],
@@ -355,31 +367,17 @@ async fn sigterm_ends_the_operator_in_bounded_time_even_when_a_cache_never_fills
                        "monitorruns", "monitorruns/status"],
          "verbs": ["*"]}
     ]"#;
-    let role = format!(
-        r#"{{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {{"name": "{user}"}}, "rules": {rules}}}"#
-    );
-    let binding = format!(
-        r#"{{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {{"name": "{user}"}},
-            "roleRef": {{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "{user}"}},
-            "subjects": [{{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "{user}"}}]}}"#
-    );
-    for object in [&role, &binding] {
-        let out = c.kubectl_stdin(&["apply", "-f", "-"], object);
-        assert!(out.status.success(), "{}", support::stderr(&out));
-    }
+    cluster_role_for(c, user, user, rules);
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("stuck.kubeconfig");
-    impersonating_kubeconfig(c, &user, &kubeconfig);
-
-    let mut operator = Operator::spawn(
+    impersonating_kubeconfig(c, user, &kubeconfig);
+    let operator = Operator::spawn(
         &[
             "run",
             "--namespace",
-            &store_ns,
+            store_ns,
             "--watch-namespace",
-            &ns,
+            ns,
             "--metrics-addr",
             "127.0.0.1:0",
             "--webhook-addr",
@@ -392,6 +390,43 @@ async fn sigterm_ends_the_operator_in_bounded_time_even_when_a_cache_never_fills
         kubeconfig.to_str().expect("utf-8"),
         &[],
     );
+    (operator, dir)
+}
+
+/// The rest: listing and watching Monitors.
+fn grant_monitors(c: &support::Cluster, user: &str) {
+    let rules = r#"[{"apiGroups": ["monivault.io"], "resources": ["monitors", "monitors/status"],
+                     "verbs": ["*"]}]"#;
+    cluster_role_for(c, &format!("{user}-monitors"), user, rules);
+}
+
+/// A ClusterRole `name` with `rules` (JSON), bound to `user`.
+fn cluster_role_for(c: &support::Cluster, name: &str, user: &str, rules: &str) {
+    let role = format!(
+        r#"{{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {{"name": "{name}"}}, "rules": {rules}}}"#
+    );
+    let binding = format!(
+        r#"{{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {{"name": "{name}"}},
+            "roleRef": {{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "{name}"}},
+            "subjects": [{{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "{user}"}}]}}"#
+    );
+    for object in [&role, &binding] {
+        let out = c.kubectl_stdin(&["apply", "-f", "-"], object);
+        assert!(out.status.success(), "{}", support::stderr(&out));
+    }
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_operator_in_bounded_time_even_when_a_cache_never_fills() {
+    let c = cluster();
+    let admin = c.admin().await;
+    let ns = c.temp_namespace("ops-stuck").await;
+    let store_ns = c.temp_namespace("ops-stuck-store").await;
+    // kube-runtime's graceful shutdown waits for caches that never fill.
+    let user = support::fresh("stuck-operator");
+    let (mut operator, _dir) = operator_that_cannot_list_monitors(c, &user, &store_ns, &ns);
     wait_for_holder(&admin, &store_ns, "replica-stuck").await;
     eventually("the monitor cache to be refused", || async {
         operator.stderr().contains("monitors").then_some(())
@@ -412,4 +447,75 @@ async fn sigterm_ends_the_operator_in_bounded_time_even_when_a_cache_never_fills
     );
     let _ = c.kubectl(&["delete", "clusterrolebinding", &user, "--ignore-not-found"]);
     let _ = c.kubectl(&["delete", "clusterrole", &user, "--ignore-not-found"]);
+}
+
+/// The reconcile that hung in two demo re-runs: an item's reconcile waits for the monitor
+/// cache's first list (usedBy comes from it). With that list failing on purpose, the
+/// reconcile gives up after its bound and says so, and once the list works the item
+/// becomes Ready: nothing waits forever.
+#[tokio::test]
+async fn an_item_waits_for_a_failing_monitor_list_only_for_a_bound_and_recovers() {
+    let c = cluster();
+    let admin = c.admin().await;
+    let ns = c.temp_namespace("ops-nolist").await;
+    let store_ns = c.temp_namespace("ops-nolist-store").await;
+    let user = support::fresh("nolist-operator");
+    let (operator, _dir) = operator_that_cannot_list_monitors(c, &user, &store_ns, &ns);
+    wait_for_holder(&admin, &store_ns, "replica-stuck").await;
+
+    let public_key = section_public_key(&admin, &ns).await;
+    let plaintext = support::secret("nolist-plaintext");
+    let sealed = sealed_password(&public_key, &ns, "shop-login", &plaintext).await;
+    let items: Api<VaultItem> = Api::namespaced(admin.clone(), &ns);
+    items
+        .create(
+            &PostParams::default(),
+            &credential_set("shop-login", &sealed),
+        )
+        .await
+        .expect("create the item");
+    let gave_up = "the monitor cache has not finished its first list after 20s; retrying";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !operator.stderr().contains(gave_up) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reconcile neither finished nor gave up; operator log:\n{}",
+            operator.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let item = items.get("shop-login").await.expect("item");
+    assert!(
+        item.status.is_none_or(|s| s.secret.is_none()),
+        "ingested without the monitor cache"
+    );
+
+    grant_monitors(c, &user);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let item = items.get("shop-login").await.expect("item");
+        let ready = item.status.as_ref().and_then(|s| {
+            monivault::api::condition::find_condition(
+                &s.conditions,
+                monivault::api::condition::READY,
+            )
+        });
+        if ready.is_some_and(|r| r.status == "True") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the item never became Ready once Monitors could be listed; operator log:\n{}",
+            operator.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    for name in [user.clone(), format!("{user}-monitors")] {
+        let _ = c.kubectl(&[
+            "delete",
+            "clusterrolebinding,clusterrole",
+            &name,
+            "--ignore-not-found",
+        ]);
+    }
 }

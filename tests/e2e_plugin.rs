@@ -22,8 +22,8 @@ use monivault::crypto::{SealBinding, SealingPublicKey, seal};
 use serde_json::{Value, json};
 use servers::{PKI, handler, https, ok, pem, status};
 use support::{
-    Cluster, Operator, cluster, credential_set, eventually, fresh, ready_condition,
-    section_public_key, stderr, stdout,
+    Cluster, Operator, cluster, credential_set, eventually, ready_condition, section_public_key,
+    stderr, stdout,
 };
 
 /// The users of these tests: each gets a kubeconfig context that impersonates them.
@@ -237,7 +237,7 @@ fn json_of(out: &Output) -> Value {
 #[tokio::test]
 async fn can_use_answers_through_the_section_or_the_item_and_status_shows_the_keys() {
     let w = World::new("plugin-can", false).await;
-    let password = fresh("plugin-password");
+    let password = support::secret("plugin-password");
     let sealed_for = |item: &str| {
         let binding = SealBinding {
             namespace: &w.ns,
@@ -390,7 +390,7 @@ async fn can_use_answers_through_the_section_or_the_item_and_status_shows_the_ke
 #[tokio::test]
 async fn test_now_through_kubectl_runs_for_a_user_with_use_and_is_refused_without() {
     let w = World::new("plugin-now", true).await;
-    let token = fresh("plugin-now-token");
+    let token = support::secret("plugin-now-token");
     let fine = https(handler(|_| ok("fine"))).await;
     let broken = https(handler(|_| status(500))).await;
     w.item(

@@ -26,7 +26,7 @@ use monivault::crypto::Plaintext;
 use monivault::runner::OtpSeed;
 use serde_json::{Value, json};
 use servers::{PKI, Reply, Seen, handler, http, https, ok, pem, redirect, status};
-use support::{Cluster, Operator, cluster, eventually, fresh, stderr};
+use support::{Cluster, Operator, cluster, eventually, stderr};
 
 /// Every form a secret could leak in: as is, base64 (both alphabets, padded or not),
 /// percent-encoded and JSON-escaped.
@@ -219,11 +219,12 @@ fn client_archive(password: &str) -> Vec<u8> {
 #[tokio::test]
 async fn basic_bearer_mtls_and_totp_monitors_are_up_and_a_wrong_password_is_down() {
     let w = World::new("run-auth").await;
-    let password = fresh("run-Pa55");
-    let wrong = fresh("run-wrong");
-    let token = fresh("run-token");
-    let archive_password = fresh("run-p12");
-    let seed = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+    let password = support::secret("run-Pa55");
+    let wrong = support::secret("run-wrong");
+    let token = support::secret("run-token");
+    let archive_password = support::secret("run-p12");
+    // The server closure outlives this frame.
+    let seed: &'static str = support::base32_seed("run-otp-seed").leak();
     let expected_basic = basic("bot", &password);
     let expected_bearer = format!("Bearer {token}");
     let client_cert = PKI.client_chain[0].clone();
@@ -262,10 +263,13 @@ async fn basic_bearer_mtls_and_totp_monitors_are_up_and_a_wrong_password_is_down
         "section": "checkout", "allowedHosts": hosts, "secret": {"value": token}}}),
     )
     .await;
+    // The archive holds the client's key: stored as a secret, so the scans look for it.
+    let archive = STANDARD.encode(client_archive(&archive_password));
+    support::adopt("the client archive", archive.as_bytes());
     w.item(
         json!({"metadata": {"name": "client"}, "spec": {"type": "CertificateArchive",
         "section": "checkout", "allowedHosts": hosts,
-        "certificateArchive": {"archive": STANDARD.encode(client_archive(&archive_password)),
+        "certificateArchive": {"archive": archive,
                                "password": archive_password}}}),
     )
     .await;
@@ -347,8 +351,8 @@ fn echo(seen: &Seen) -> Reply {
 #[tokio::test]
 async fn an_echo_server_gets_every_secret_and_no_status_event_or_log_line_holds_one() {
     let w = World::new("run-echo").await;
-    let password = fresh("run-echo Pa55+/=&\"%");
-    let token = fresh("run-echo-token");
+    let password = support::secret("run-echo Pa55+/=&\"%");
+    let token = support::secret("run-echo-token");
     let server = https(handler(echo)).await;
     w.item(
         json!({"metadata": {"name": "login"}, "spec": {"type": "CredentialSet",
@@ -406,8 +410,8 @@ async fn an_echo_server_gets_every_secret_and_no_status_event_or_log_line_holds_
 #[tokio::test]
 async fn a_redirect_to_a_host_no_item_allows_sends_that_host_nothing() {
     let w = World::new("run-redirect").await;
-    let password = fresh("run-redirect-Pa55");
-    let token = fresh("run-redirect-token");
+    let password = support::secret("run-redirect-Pa55");
+    let token = support::secret("run-redirect-token");
     let evil = https(handler(|_| ok("thanks"))).await;
     let to_evil = evil.url("https", "evil.test", "/collect");
     let shop = https(handler(move |_| redirect(302, to_evil.clone()))).await;
@@ -474,7 +478,7 @@ async fn a_redirect_to_a_host_no_item_allows_sends_that_host_nothing() {
 #[tokio::test]
 async fn an_item_not_allowed_for_the_url_host_sends_no_request() {
     let w = World::new("run-host").await;
-    let token = fresh("run-host-token");
+    let token = support::secret("run-host-token");
     let server = https(handler(|_| ok("hello"))).await;
     w.item(
         json!({"metadata": {"name": "token"}, "spec": {"type": "Secret",
@@ -523,7 +527,7 @@ async fn a_monitor_written_past_the_webhook_sends_no_request_until_it_is_applied
     let store_ns = c.temp_namespace("run-bypass-store").await;
     let op = Operator::start_with_webhooks(c, &store_ns, &ns);
     let w = World::around(c, ns, op, admin).await;
-    let token = fresh("run-bypass-token");
+    let token = support::secret("run-bypass-token");
     w.item(
         json!({"metadata": {"name": "token"}, "spec": {"type": "Secret",
         "section": "checkout", "allowedHosts": ["shop.test"], "secret": {"value": token}}}),
@@ -623,7 +627,7 @@ async fn grant_alice(w: &World) {
 #[tokio::test]
 async fn test_now_by_an_allowed_user_returns_a_result() {
     let w = World::new("run-now").await;
-    let token = fresh("run-now-token");
+    let token = support::secret("run-now-token");
     let server = https(handler(|_| ok("fine"))).await;
     w.item(
         json!({"metadata": {"name": "token"}, "spec": {"type": "Secret",
@@ -688,7 +692,7 @@ async fn a_follower_resumes_the_schedule_when_the_leader_dies() {
     leader_args.extend(lease);
     let first = Operator::start_with_webhooks_and(c, &store_ns, &ns, &leader_args);
     let w = World::around(c, ns.clone(), first, admin.clone()).await;
-    let token = fresh("run-failover-token");
+    let token = support::secret("run-failover-token");
     w.item(
         json!({"metadata": {"name": "token"}, "spec": {"type": "Secret",
         "section": "checkout", "allowedHosts": ["shop.test"], "secret": {"value": token}}}),

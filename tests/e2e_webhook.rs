@@ -19,7 +19,7 @@ use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use monivault::api::vault_item::VaultItem;
 use monivault::api::vault_section::VaultSection;
@@ -76,8 +76,8 @@ impl World {
         let op = Operator::start_with_webhooks_and(c, &store_ns, &ns, operator_args);
         let world = World {
             c,
-            login_password: fresh("e2e-webhook-Pa55word"),
-            api_token: fresh("e2e-webhook-token"),
+            login_password: support::secret("e2e-webhook-Pa55word"),
+            api_token: support::secret("e2e-webhook-token"),
             ns,
             store_ns,
             op,
@@ -291,6 +291,21 @@ fn refused<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String) 
     }
 }
 
+/// Fails unless `refusal` is the monitor webhook's own answer that `user` lacks `use` on
+/// exactly `items` (as it lists them) in `ns`, for a write of `kind`: a 403 from RBAC, or
+/// a refusal for any other reason, does not pass.
+fn assert_refused_for_use(refusal: (u16, String), user: &str, items: &str, ns: &str, kind: &str) {
+    let (code, message) = refusal;
+    assert_eq!(code, 403, "{message}");
+    let expected = format!(
+        "admission webhook \"monitors.mutate.monivault.io\" denied the request: user {user:?} may not use vault item(s) {items} in namespace {ns:?}: this {kind} carries them"
+    );
+    assert!(
+        message.starts_with(&expected),
+        "{message}\nexpected: {expected}"
+    );
+}
+
 fn url_patch(url: &str) -> Patch<Value> {
     Patch::Merge(json!({"spec": {"url": url}}))
 }
@@ -303,9 +318,22 @@ async fn without_use_a_user_cannot_steer_unhook_or_reuse_an_item() {
     let w = World::new("wh-deny").await;
     let mallory: Api<Monitor> = Api::namespaced(w.as_user("mallory", &["dev"]).await, &w.ns);
     let pp = PatchParams::default();
+    let both = "shop-api-token, shop-login";
+    // After every refusal the monitor is exactly as the admin left it: spec and stamp.
+    let before = w.monitors().get("shop").await.expect("monitor");
+    let assert_untouched = || async {
+        let now = w.monitors().get("shop").await.expect("monitor");
+        assert_eq!(now.spec, before.spec, "the spec is as it was");
+        assert_eq!(
+            now.annotations().get(STAMP_ANNOTATION),
+            before.annotations().get(STAMP_ANNOTATION),
+            "the stamp is as it was"
+        );
+        assert_eq!(now.metadata.generation, before.metadata.generation);
+    };
 
     // Point the monitor at her own host.
-    let (code, message) = refused(
+    let refusal = refused(
         mallory
             .patch(
                 "shop",
@@ -314,38 +342,35 @@ async fn without_use_a_user_cannot_steer_unhook_or_reuse_an_item() {
             )
             .await,
     );
-    assert_eq!(code, 403, "{message}");
-    assert!(message.contains("\"mallory\""), "{message}");
-    assert!(message.contains("shop-api-token, shop-login"), "{message}");
+    assert_refused_for_use(refusal, "mallory", both, &w.ns, "Monitor");
+    assert_untouched().await;
 
     // Remove the references (which moves where the other items go, and hides the change).
     let unhook = Patch::Merge(json!({"spec": {"auth": null, "headers": null}}));
-    let (code, message) = refused(mallory.patch("shop", &pp, &unhook).await);
-    assert_eq!(code, 403, "{message}");
+    let refusal = refused(mallory.patch("shop", &pp, &unhook).await);
+    assert_refused_for_use(refusal, "mallory", both, &w.ns, "Monitor");
+    assert_untouched().await;
 
     // Add the item to a monitor of her own.
     let mut own = shop_monitor("mallory-monitor");
     own.spec.url = "https://mallory.example.net/".into();
-    let (code, message) = refused(mallory.create(&PostParams::default(), &own).await);
-    assert_eq!(code, 403, "{message}");
+    let refusal = refused(mallory.create(&PostParams::default(), &own).await);
+    assert_refused_for_use(refusal, "mallory", both, &w.ns, "Monitor");
     assert!(
         mallory.get_opt("mallory-monitor").await.unwrap().is_none(),
         "nothing was stored"
     );
 
-    // A ServiceAccount without `use` is refused the same way.
+    // A ServiceAccount without `use` is refused the same way, under its full name.
     let intruder: Api<Monitor> = Api::namespaced(w.as_service_account("intruder").await, &w.ns);
-    let (code, message) = refused(
+    let refusal = refused(
         intruder
             .patch("shop", &pp, &url_patch("https://intruder.example.net/"))
             .await,
     );
-    assert_eq!(code, 403, "{message}");
-    assert!(message.contains("system:serviceaccount:"), "{message}");
-
-    // The monitor is as the admin left it.
-    let shop = w.monitors().get("shop").await.unwrap();
-    assert_eq!(shop.spec.url, "https://shop.example.com/login");
+    let name = format!("system:serviceaccount:{}:intruder", w.ns);
+    assert_refused_for_use(refusal, &name, both, &w.ns, "Monitor");
+    assert_untouched().await;
 }
 
 #[tokio::test]
@@ -390,11 +415,22 @@ async fn without_use_a_user_cannot_test_now() {
     .unwrap();
 
     let mallory: Api<MonitorRun> = Api::namespaced(w.as_user("mallory", &["dev"]).await, &w.ns);
-    let (code, message) = refused(mallory.create(&PostParams::default(), &by_ref).await);
-    assert_eq!(code, 403, "{message}");
-    let (code, message) = refused(mallory.create(&PostParams::default(), &inline).await);
-    assert_eq!(code, 403, "{message}");
-    assert!(message.contains("shop-api-token"), "{message}");
+    let refusal = refused(mallory.create(&PostParams::default(), &by_ref).await);
+    let both = "shop-api-token, shop-login";
+    assert_refused_for_use(refusal, "mallory", both, &w.ns, "MonitorRun");
+    let refusal = refused(mallory.create(&PostParams::default(), &inline).await);
+    assert_refused_for_use(refusal, "mallory", "shop-api-token", &w.ns, "MonitorRun");
+    let runs: Api<MonitorRun> = w.api();
+    let stored = runs.list(&ListParams::default()).await.expect("list runs");
+    assert!(
+        stored.items.is_empty(),
+        "a refused Test Now left a run: {:?}",
+        stored
+            .items
+            .iter()
+            .map(|r| r.name_any())
+            .collect::<Vec<_>>()
+    );
 
     // alice (items by name) may test the monitor; the run is stamped for her under the
     // name the API server generated.
@@ -536,7 +572,7 @@ async fn a_monitor_written_while_the_webhook_was_not_registered_carries_no_stamp
 
 #[tokio::test]
 async fn kubectl_apply_of_a_plaintext_is_sealed_and_the_plaintext_is_nowhere() {
-    let password = fresh("e2e-apply-Hunter2");
+    let password = support::secret("e2e-apply-Hunter2");
     let started = std::time::SystemTime::now();
     let w = World::new("wh-apply").await;
     let manifest = format!(
@@ -625,7 +661,7 @@ async fn kubectl_apply_of_a_plaintext_is_sealed_and_the_plaintext_is_nowhere() {
 
 #[tokio::test]
 async fn with_the_webhook_down_a_plaintext_is_refused_and_nothing_is_stored() {
-    let password = fresh("e2e-down-Secret");
+    let password = support::secret("e2e-down-Secret");
     let mut w = World::new("wh-down").await;
     w.op.kill();
     let items: Api<VaultItem> = w.api();
@@ -797,7 +833,7 @@ async fn hostile_placeholders_and_malformed_reviews_get_clean_errors() {
     items
         .create(
             &PostParams::default(),
-            &plaintext_login("after-bad-input", "e2e-after-bad-Input-9"),
+            &plaintext_login("after-bad-input", &support::secret("e2e-after-bad-Input")),
         )
         .await
         .expect("still sealing");
@@ -916,7 +952,7 @@ async fn payments_db(w: &World, password: &str) -> VaultItem {
 #[tokio::test]
 async fn attack_a1_a_sealed_value_copied_into_a_section_bob_may_use_opens_nothing() {
     let w = World::new("wh-a1").await;
-    let password = fresh("e2e-a1-db-password");
+    let password = support::secret("e2e-a1-db-password");
     let db = payments_db(&w, &password).await;
     let bob = w.as_user("bob", &["checkout-team"]).await;
     let bob_items: Api<VaultItem> = Api::namespaced(bob.clone(), &w.ns);
@@ -1022,7 +1058,11 @@ async fn attack_a2_mallory_cannot_test_guesses_of_a_password_with_dry_runs() {
         .to_owned();
     let mallory = w.as_user("mallory", &["dev"]).await;
     let right = dry_run_guess(&w, mallory.clone(), &w.login_password).await;
-    let wrong = dry_run_guess(&w, mallory, "wrong-guess-a2").await;
+    let (wrong_guess, new_password) = (
+        support::secret("wrong-guess-a2"),
+        support::secret("a-new-password-a2"),
+    );
+    let wrong = dry_run_guess(&w, mallory, &wrong_guess).await;
     // The right guess and a wrong one answer alike: she may not replace the secret at all
     // (it needs `use`), and the refusal is the same word for word.
     let (code, message) = right.clone().expect_err("refused");
@@ -1036,7 +1076,7 @@ async fn attack_a2_mallory_cannot_test_guesses_of_a_password_with_dry_runs() {
         Ok(stored.clone())
     );
     // ... and a new password of hers is sealed afresh.
-    let fresh_seal = dry_run_guess(&w, alice, "a-new-password-a2")
+    let fresh_seal = dry_run_guess(&w, alice, &new_password)
         .await
         .expect("allowed");
     assert_ne!(fresh_seal, stored);
@@ -1050,8 +1090,8 @@ async fn attack_a2_mallory_cannot_test_guesses_of_a_password_with_dry_runs() {
     );
     w.c.assert_not_in_etcd(&[
         w.login_password.as_str(),
-        "wrong-guess-a2",
-        "a-new-password-a2",
+        wrong_guess.as_str(),
+        new_password.as_str(),
     ]);
 }
 
@@ -1071,7 +1111,7 @@ async fn attack_a3_a_user_of_an_item_cannot_widen_its_allowed_hosts() {
         "apiVersion": "monivault.io/v1alpha1", "kind": "VaultItem",
         "metadata": {"name": "bobs-token"},
         "spec": {"type": "Secret", "section": "checkout", "allowedHosts": ["evil.example"],
-                 "secret": {"value": fresh("e2e-a3-token")}},
+                 "secret": {"value": support::secret("e2e-a3-token")}},
     }))
     .expect("item");
     let (code, message) = refused(bob.create(&PostParams::default(), &own).await);
@@ -1102,7 +1142,7 @@ async fn attack_a4_a_monitor_being_deleted_and_an_unfinished_run_keep_their_item
         "metadata": {"name": "spare"},
         "spec": {"type": "Secret", "section": "checkout",
                  "allowedHosts": ["shop.example.com", "api.test"],
-                 "secret": {"value": fresh("e2e-a4-spare")}},
+                 "secret": {"value": support::secret("e2e-a4-spare")}},
     }))
     .expect("item");
     items
@@ -1160,8 +1200,10 @@ async fn attack_a4_a_monitor_being_deleted_and_an_unfinished_run_keep_their_item
 async fn attack_a5_a_plaintext_hidden_in_last_applied_never_reaches_etcd() {
     let w = World::new("wh-a5").await;
     let started = std::time::SystemTime::now();
-    let hidden = fresh("e2e-a5-duplicate");
-    let sealed_one = fresh("e2e-a5-spec");
+    // Raw JSON and YAML below: letters and digits only.
+    let hidden = support::token("e2e-a5-duplicate");
+    let sealed_one = support::token("e2e-a5-spec");
+    let second = support::token("e2e-a5-second");
     // A client that writes the annotation with a duplicate key: the parsed value looks
     // masked, the raw text keeps the plaintext. `kubectl create --raw` sends bytes as they are.
     let annotation = format!(
@@ -1188,9 +1230,9 @@ async fn attack_a5_a_plaintext_hidden_in_last_applied_never_reaches_etcd() {
 
     // A mistyped field, applied with field validation off: pruned from spec, kept in the
     // annotation by a client-side apply.
-    let mistyped = fresh("e2e-a5-mistyped");
+    let mistyped = support::token("e2e-a5-mistyped");
     let manifest = format!(
-        "apiVersion: monivault.io/v1alpha1\nkind: VaultItem\nmetadata:\n  name: typo\nspec:\n  type: CredentialSet\n  section: checkout\n  credentialSet:\n    username: bot\n    password: {sealed_one}x\n    Password: {mistyped}\n"
+        "apiVersion: monivault.io/v1alpha1\nkind: VaultItem\nmetadata:\n  name: typo\nspec:\n  type: CredentialSet\n  section: checkout\n  credentialSet:\n    username: bot\n    password: {second}\n    Password: {mistyped}\n"
     );
     let out = w.c.kubectl_stdin(
         &["apply", "-n", &w.ns, "--validate=false", "-f", "-"],

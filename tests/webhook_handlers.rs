@@ -2230,6 +2230,7 @@ fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
         Just(json!("{{@VaultItem.shop-login.Password}}")),
         Just(json!("*****")),
         Just(json!("mv2.s.1.AAAA")),
+        Just(json!(PASSWORD)),
     ];
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
@@ -2293,14 +2294,39 @@ const TARGETS: [&str; 12] = [
     "/oldObject",
 ];
 
+/// Puts the plaintext in two places of `request` that no single damage removes both of:
+/// the requester's `extra` (every request has a userInfo) and the object's (or, for a
+/// delete, the old object's) annotations. A search for it is then never vacuous.
+fn carry_plaintext(request: &mut Value) {
+    request["userInfo"]["extra"] = json!({"note": [PASSWORD]});
+    let object = if request["object"].is_object() {
+        "object"
+    } else {
+        "oldObject"
+    };
+    request[object]["metadata"]["annotations"]["note"] = json!(PASSWORD);
+}
+
+/// The damage targets whose parent is an object in `request`: only those can be damaged.
+fn targets_in(request: &Value) -> Vec<&'static str> {
+    TARGETS
+        .iter()
+        .copied()
+        .filter(|pointer| {
+            let (parent, _) = pointer.rsplit_once('/').expect("a member pointer");
+            request.pointer(parent).is_some_and(Value::is_object)
+        })
+        .collect()
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig {
-        cases: 96,
+        cases: 1024,
         ..proptest::prelude::ProptestConfig::default()
     })]
 
-    /// No input makes a webhook panic or answer without a response, and the plaintext in
-    /// the item's password never comes back, whatever surrounds it.
+    /// No input makes a webhook panic or answer without a response, and the plaintext that
+    /// every request carries never comes back, whatever surrounds it.
     #[test]
     fn any_damaged_request_gets_an_answer_and_never_the_plaintext(
         which in 0..5usize,
@@ -2316,11 +2342,20 @@ proptest::proptest! {
             let webhooks = webhooks().await;
             let (route, mut request) = intact_requests().swap_remove(which);
             let route = route_override.map_or(route, |i| Route::ALL[i]);
-            let pointer = TARGETS[target];
+            carry_plaintext(&mut request);
+            let targets = targets_in(&request);
+            assert!(targets.len() >= 5, "too few targets in {request}");
+            let pointer = targets[target % targets.len()];
             let (parent, key) = pointer.rsplit_once('/').expect("a member pointer");
-            if let Some(Value::Object(parent)) = request.pointer_mut(parent) {
-                parent.insert(key.to_owned(), junk);
-            }
+            let Some(Value::Object(parent)) = request.pointer_mut(parent) else {
+                unreachable!("targets_in keeps only object parents");
+            };
+            parent.insert(key.to_owned(), junk.clone());
+            assert_eq!(request.pointer(pointer), Some(&junk), "the damage is applied");
+            assert!(
+                request.to_string().contains(PASSWORD),
+                "the damaged request still carries the plaintext"
+            );
             let outcome = admit(&webhooks, route, request).await;
             outcome.assert_no_plaintext(PASSWORD);
             if !outcome.response.allowed {

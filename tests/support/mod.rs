@@ -528,12 +528,14 @@ impl Drop for Operator {
                 let _ = drain.join();
             }
             let log = self.stderr();
+            let started = std::time::Instant::now();
             cluster().assert_no_leaks(&Scope {
                 store_namespace: self.store_namespace.as_deref(),
                 namespaces: self.watched.iter().map(String::as_str).collect(),
                 operator_log: &log,
                 since: self.since,
             });
+            eprintln!("leak scan: clean, in {:?}", started.elapsed());
         }
     }
 }
@@ -576,6 +578,30 @@ pub async fn section_public_key(client: &Client, ns: &str) -> SealingPublicKey {
     })
     .await;
     SealingPublicKey::parse(&text).expect("published key parses")
+}
+
+/// The password of [`example_archive`].
+pub const EXAMPLE_ARCHIVE_PASSWORD: &str = "changeit";
+
+/// The throwaway PKCS#12 of `examples/item-certificate-archive.yaml`, as the base64 text a
+/// user writes into `certificateArchive.archive`. Public in the repository, but stored as a
+/// secret: the leak scans look for it (text and DER) and its password too.
+pub fn example_archive() -> &'static str {
+    use base64::Engine as _;
+    let archive = include_str!("../../examples/item-certificate-archive.yaml")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("archive: "))
+        .expect("the example archive");
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(archive)
+        .expect("the example archive is base64");
+    adopt("the example archive", archive.as_bytes());
+    adopt("the example archive's DER", &der);
+    adopt(
+        "the example archive's password",
+        EXAMPLE_ARCHIVE_PASSWORD.as_bytes(),
+    );
+    archive
 }
 
 /// A CredentialSet item in section `checkout` with a sealed password.
