@@ -325,6 +325,41 @@ pub async fn run<S: Store>(
     }
 }
 
+/// Writes `status` by server-side apply over the object exactly as this reconcile read
+/// it: its resourceVersion is a precondition. A status computed from an older read (a
+/// leader paused past its Lease and resumed, or a lagging cache) then conflicts instead
+/// of replacing a newer one; the change that made it conflict brings another reconcile.
+/// `Ok(false)` on that conflict.
+async fn apply_status<K>(api: &Api<K>, obj: &K, status: serde_json::Value) -> Result<bool, Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let resource_version = obj
+        .resource_version()
+        .ok_or(Error::MissingField("metadata.resourceVersion"))?;
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"resourceVersion": resource_version},
+        "status": status,
+    });
+    let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
+    match api
+        .patch_status(&obj.name_any(), &params, &kube::api::Patch::Apply(&patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            tracing::debug!(
+                object = %backoff_key(obj),
+                "the object changed since it was read; its status is left to the next reconcile"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
 pub(crate) fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -16,7 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::certificate;
-use super::{Context, Error, FIELD_MANAGER, now};
+use super::{Context, Error, apply_status, now};
 use crate::api::SECRET_MASK;
 use crate::api::condition::{ConditionStatus, READY, new_condition, set_condition};
 use crate::api::template::referenced_items;
@@ -192,18 +192,7 @@ async fn apply<S: Store>(
 
     if item.status.as_ref() != Some(&status) {
         let api: Api<VaultItem> = Api::namespaced(ctx.client.clone(), namespace);
-        let patch = json!({
-            "apiVersion": "monivault.io/v1alpha1",
-            "kind": "VaultItem",
-            "status": status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::Kube)?;
+        apply_status(&api, item, json!(status)).await?;
     }
     Ok(Action::requeue(RESYNC))
 }

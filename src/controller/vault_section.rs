@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use serde_json::json;
 
-use super::{Context, Error, FIELD_MANAGER};
+use super::{Context, Error, apply_status};
 use crate::api::condition::{ConditionStatus, READY, new_condition, set_condition};
 use crate::api::vault_section::{VaultSection, VaultSectionStatus};
 use crate::store::Store;
@@ -51,18 +51,7 @@ pub async fn reconcile<S: Store>(
     );
     if section.status.as_ref() != Some(&status) {
         let api: Api<VaultSection> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = json!({
-            "apiVersion": "monivault.io/v1alpha1",
-            "kind": "VaultSection",
-            "status": status,
-        });
-        api.patch_status(
-            &section.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::Kube)?;
+        apply_status(&api, section.as_ref(), json!(status)).await?;
     }
     Ok(Action::requeue(RESYNC))
 }
