@@ -731,3 +731,208 @@ async fn paused_leader_resumes_after_a_takeover_without_double_rotation_or_rolle
     assert!(beta.is_running(), "beta died:\n{}", beta.stderr());
     w.assert_no_plaintext_in_etcd(c);
 }
+
+/// The outcome of one Monitor write of the webhook test.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    Admitted,
+    /// The API server could not reach the webhook (`failurePolicy: Fail`): nobody listened.
+    Refused,
+    /// The same, with the webhook dying while it handled the write.
+    RefusedInFlight,
+}
+
+/// One worker's writes: it creates monitor `w<k>-<n>`, then changes its URL, then goes on
+/// with `n + 1`, each URL unique, until `stop`. Returns (monitor, url, outcome) per write.
+async fn monitor_writes(
+    monitors: Api<monivault::api::monitor::Monitor>,
+    worker: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    admitted: Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<(String, String, Outcome)> {
+    use std::sync::atomic::Ordering;
+    let outcome = |result: Result<_, kube::Error>| match result {
+        Ok(_) => Outcome::Admitted,
+        Err(kube::Error::Api(s)) if s.message.contains("failed calling webhook") => {
+            if s.message.contains("connection refused") {
+                Outcome::Refused
+            } else {
+                Outcome::RefusedInFlight
+            }
+        }
+        // Anything else (a timeout, a conflict) is not what this test is about: fail.
+        Err(e) => panic!("a monitor write failed otherwise: {e}"),
+    };
+    let mut writes = Vec::new();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let name = format!("w{worker}-{n:03}");
+        let url = format!("https://shop.example.com/{name}/created");
+        let monitor: monivault::api::monitor::Monitor = serde_json::from_value(serde_json::json!({
+            "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+            "metadata": {"name": name},
+            "spec": {"url": url, "auth": {"basic": {"credentialSet": "shop-login"}}},
+        }))
+        .expect("monitor");
+        let created = outcome(monitors.create(&PostParams::default(), &monitor).await);
+        writes.push((name.clone(), url, created));
+        if created != Outcome::Admitted {
+            // Nobody to ask: no need to hammer the API server meanwhile.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if created == Outcome::Admitted {
+            admitted.fetch_add(1, Ordering::Relaxed);
+            let url = format!("https://shop.example.com/{name}/updated");
+            let patch = Patch::Merge(serde_json::json!({"spec": {"url": url}}));
+            let updated = outcome(monitors.patch(&name, &PatchParams::default(), &patch).await);
+            if updated == Outcome::Admitted {
+                admitted.fetch_add(1, Ordering::Relaxed);
+            }
+            writes.push((name, url, updated));
+        }
+        n += 1;
+    }
+    writes
+}
+
+const WRITERS: usize = 4;
+const WEBHOOK_KILLS: usize = 3;
+
+#[tokio::test]
+async fn webhook_killed_under_load_stores_only_stamped_monitors_and_refuses_the_rest() {
+    use monivault::api::monitor::Monitor;
+    use monivault::store::Keys;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let c = cluster();
+    let mut w = World::new(c, "chaos-webhook").await;
+    let start = |w: &World| {
+        Operator::start_with_webhooks_and(c, &w.store_ns, &w.ns, &["--instance", "chaos-webhook"])
+    };
+    let mut operator = start(&w);
+    w.section().await;
+    let sealed = w.seal_new("shop-login");
+    w.items()
+        .create(
+            &PostParams::default(),
+            &credential_set("shop-login", &sealed),
+        )
+        .await
+        .expect("create the item");
+    support::ready_condition(&w.items(), "shop-login", "True").await;
+    let monitors: Api<Monitor> = Api::namespaced(w.admin.clone(), &w.ns);
+    // The webhook serves once a monitor is admitted.
+    let probe: Monitor = serde_json::from_value(serde_json::json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+        "metadata": {"name": "probe"},
+        "spec": {"url": "https://shop.example.com/probe",
+                 "auth": {"basic": {"credentialSet": "shop-login"}}},
+    }))
+    .expect("monitor");
+    wait_until(Duration::from_secs(30), "the webhook to serve", || async {
+        monitors.create(&PostParams::default(), &probe).await.ok()
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..WRITERS)
+        .map(|k| {
+            tokio::spawn(monitor_writes(
+                monitors.clone(),
+                k,
+                stop.clone(),
+                admitted.clone(),
+            ))
+        })
+        .collect();
+    let mut rng = Rng(0x5EED_3EB0);
+    for _ in 0..WEBHOOK_KILLS {
+        // Writes flow through this webhook, then it dies in the middle of them; its
+        // registration stays, pointing at nothing, until the next one re-registers.
+        let before = admitted.load(Ordering::Relaxed);
+        wait_until(Duration::from_secs(30), "writes to be admitted", || async {
+            (admitted.load(Ordering::Relaxed) >= before + 10).then_some(())
+        })
+        .await;
+        tokio::time::sleep(rng.millis(0, 200)).await;
+        operator.kill();
+        tokio::time::sleep(rng.millis(300, 800)).await;
+        // The harness's drop would remove the registration the successor makes: the
+        // killed one has nothing left to clean.
+        std::mem::forget(std::mem::replace(&mut operator, start(&w)));
+    }
+    let before = admitted.load(Ordering::Relaxed);
+    wait_until(
+        Duration::from_secs(30),
+        "writes to be admitted again",
+        || async { (admitted.load(Ordering::Relaxed) >= before + 10).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut writes = Vec::new();
+    for worker in workers {
+        writes.extend(worker.await.expect("a writer"));
+    }
+    let count = |o: Outcome| writes.iter().filter(|(_, _, x)| *x == o).count();
+    eprintln!(
+        "{} monitor writes: {} admitted, {} refused (of which {} with the webhook dying in them)",
+        writes.len(),
+        count(Outcome::Admitted),
+        count(Outcome::Refused) + count(Outcome::RefusedInFlight),
+        count(Outcome::RefusedInFlight)
+    );
+    assert!(
+        count(Outcome::RefusedInFlight) > 0,
+        "no kill landed while the webhook handled a write: the kills proved little"
+    );
+
+    // Every stored monitor carries a stamp that matches its spec, and its spec is the
+    // last write admitted for it; no refused write is stored.
+    let keys = Keys::bootstrap(Arc::new(SecretStore::new(w.admin.clone(), &w.store_ns)))
+        .await
+        .expect("the operator's keys");
+    let stored: BTreeMap<String, Monitor> = monitors
+        .list(&ListParams::default())
+        .await
+        .expect("list monitors")
+        .items
+        .into_iter()
+        .map(|m| (m.name_any(), m))
+        .collect();
+    let mut last_admitted: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, url, outcome) in &writes {
+        if *outcome == Outcome::Admitted {
+            last_admitted.insert(name, url);
+        }
+    }
+    for (name, monitor) in &stored {
+        monivault::stamp::verify(&keys, monitor)
+            .await
+            .unwrap_or_else(|e| panic!("{name} is stored without a valid stamp: {e}"));
+        if name != "probe" {
+            assert_eq!(
+                last_admitted.get(name.as_str()).copied(),
+                Some(monitor.spec.url.as_str()),
+                "{name} is stored with a spec that was not the last admitted"
+            );
+        }
+    }
+    let stored_names: BTreeSet<&str> = stored
+        .keys()
+        .map(String::as_str)
+        .filter(|name| *name != "probe")
+        .collect();
+    let admitted_names: BTreeSet<&str> = last_admitted.keys().copied().collect();
+    assert_eq!(
+        stored_names, admitted_names,
+        "the monitors stored are not those whose creation was admitted"
+    );
+    assert!(
+        operator.is_running(),
+        "the operator died:\n{}",
+        operator.stderr()
+    );
+    w.assert_no_plaintext_in_etcd(c);
+}
