@@ -1,7 +1,7 @@
 //! Chaos on the real control plane (issue 14 §5): the operator SIGKILLed in the middle of
 //! an ingest burst, a leader paused (SIGSTOP) past its Lease while a follower takes over,
-//! etcd compacted under the operator's watches, and the webhook killed with writes in
-//! flight. Each ends with the same audit of the store: one record per live item, bound to
+//! etcd compacted and the kube-apiserver crashed under the operator's watches so they
+//! expire (410 Gone), and the webhook killed with writes in flight. Each ends with the same audit of the store: one record per live item, bound to
 //! its uid and opening to the plaintext the test last sealed; no record without its item;
 //! every item Ready on its current generation; and no plaintext anywhere in etcd.
 
@@ -24,8 +24,9 @@ use monivault::crypto::{ItemBinding, Keyring, SealBinding, SealingPublicKey, sea
 use monivault::store::{SecretStore, Store};
 use support::{Cluster, Operator, cluster, credential_set, fresh, section_public_key};
 
-/// The chaos tests start and stop operators and bursts of writes on a 2-core machine;
-/// run together they would mostly measure each other. They take turns.
+/// The chaos tests start and stop operators and bursts of writes on a 2-core machine, and
+/// one restarts the kube-apiserver every test of this binary talks to: they take turns.
+/// (Test binaries run one after another, so no other binary's tests see that restart.)
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A small seeded generator (SplitMix64): the chaos moments are the same on every run.
@@ -928,6 +929,247 @@ async fn webhook_killed_under_load_stores_only_stamped_monitors_and_refuses_the_
     assert_eq!(
         stored_names, admitted_names,
         "the monitors stored are not those whose creation was admitted"
+    );
+    assert!(
+        operator.is_running(),
+        "the operator died:\n{}",
+        operator.stderr()
+    );
+    w.assert_no_plaintext_in_etcd(c);
+}
+
+/// Compacts etcd at its current revision: every older revision is gone, so a watch from
+/// one of them can only be answered with 410 Gone.
+fn compact_etcd(c: &Cluster) -> u64 {
+    let etcdctl = |args: &[&str]| {
+        let out = Command::new(c.var("MONIVAULT_ETCDCTL"))
+            .env("ETCDCTL_ENDPOINTS", c.var("ETCDCTL_ENDPOINTS"))
+            .env_remove("ETCDCTL_API")
+            .args(args)
+            .output()
+            .expect("run etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            support::stderr(&out)
+        );
+        support::stdout(&out)
+    };
+    let status = etcdctl(&["endpoint", "status", "-w", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("etcd status");
+    let revision = status[0]["Status"]["header"]["revision"]
+        .as_u64()
+        .expect("a revision");
+    etcdctl(&["compact", &revision.to_string()]);
+    revision
+}
+
+/// Kills (SIGKILL) the control plane's kube-apiserver and starts it again with the same
+/// command line (same certificates, so every kubeconfig stays good): every watch is cut,
+/// and its watch cache starts again from the current revision.
+async fn restart_apiserver(c: &Cluster) {
+    let dir = std::path::PathBuf::from(c.var("MONIVAULT_CLUSTER_DIR"));
+    let pid_file = dir.join("run/kube-apiserver.pid");
+    let pid = std::fs::read_to_string(&pid_file).expect("the kube-apiserver pid file");
+    let pid = pid.trim().to_owned();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("its command line");
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(
+        args.iter()
+            .any(|a| a.contains(dir.to_str().expect("utf-8"))),
+        "pid {pid} is not this cluster's kube-apiserver: {args:?}"
+    );
+    // A crash, not a shutdown: a graceful one waits for the paused operator's watches.
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_until(
+        Duration::from_secs(30),
+        "kube-apiserver to stop",
+        || async {
+            // Gone (or a zombie nobody reaped yet).
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(") ")
+                .map(|(_, rest)| rest.starts_with('Z'));
+            state.is_none_or(|zombie| zombie).then_some(())
+        },
+    )
+    .await;
+    // As tests/cluster/up launches it: its own session, its pid in the pid file, and not
+    // a child of this process (the shell in between exits at once).
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("logs/kube-apiserver.log"))
+        .expect("the kube-apiserver log");
+    let launched = Command::new("sh")
+        .args(["-c", "setsid \"$@\" &", "sh"])
+        .args(["sh", "-c", "echo $$ >\"$0\"; exec \"$@\""])
+        .arg(&pid_file)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .status()
+        .expect("start kube-apiserver");
+    assert!(launched.success(), "starting kube-apiserver: {launched}");
+    wait_until(
+        Duration::from_secs(60),
+        "kube-apiserver to be ready",
+        || async {
+            let out = c.kubectl(&["get", "--raw", "/readyz"]);
+            out.status.success().then_some(())
+        },
+    )
+    .await;
+}
+
+fn monitor_using(name: &str, item: &str) -> monivault::api::monitor::Monitor {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "monivault.io/v1alpha1", "kind": "Monitor",
+        "metadata": {"name": name},
+        "spec": {"url": format!("https://shop.example.com/{name}"),
+                 "auth": {"basic": {"credentialSet": item}}},
+    }))
+    .expect("monitor")
+}
+
+/// Each item's `usedBy` as the monitors say it should be: `None` until every item shows it.
+async fn used_by_is_right(w: &World) -> Option<()> {
+    use monivault::api::monitor::Monitor;
+    let monitors: Api<Monitor> = Api::namespaced(w.admin.clone(), &w.ns);
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for monitor in monitors.list(&ListParams::default()).await.ok()?.items {
+        let item = monitor
+            .spec
+            .auth
+            .as_ref()?
+            .basic
+            .as_ref()?
+            .credential_set
+            .to_string();
+        expected.entry(item).or_default().push(monitor.name_any());
+    }
+    let items = w.items().list(&ListParams::default()).await.ok()?;
+    items
+        .items
+        .iter()
+        .all(|item| {
+            let mut want = expected.get(&item.name_any()).cloned().unwrap_or_default();
+            want.sort();
+            item.status.as_ref().map(|s| &s.used_by) == Some(&want)
+        })
+        .then_some(())
+}
+
+/// While the operator is paused, items and monitors change; then etcd is compacted at the
+/// current revision and the kube-apiserver is killed and started again. The operator's
+/// watches resume from revisions the new watch cache (which starts at the current
+/// revision) no longer holds, and etcd no longer holds either: 410 Gone. Only a relist
+/// finds what changed, including a deleted monitor, which a relist reports by absence.
+#[tokio::test]
+async fn etcd_compaction_and_expired_watches_lose_no_change_to_items_or_monitors() {
+    use monivault::api::monitor::Monitor;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let c = cluster();
+    let mut w = World::new(c, "chaos-compact").await;
+    // A Lease that outlives the pause and the API server's restart: the hand-over is not
+    // under test here, the relist is.
+    let mut operator = Operator::start_with(
+        c,
+        &w.store_ns,
+        &w.ns,
+        &[
+            "--instance",
+            "chaos-compact",
+            "--lease-duration-seconds",
+            "90",
+            "--lease-renew-seconds",
+            "2",
+        ],
+    );
+    w.section().await;
+    let all = names("item", 0..30);
+    w.create_items(&all).await;
+    let monitors: Api<Monitor> = Api::namespaced(w.admin.clone(), &w.ns);
+    for (monitor, item) in [
+        ("kept", "item-000"),
+        ("moved", "item-002"),
+        ("gone", "item-004"),
+    ] {
+        monitors
+            .create(&PostParams::default(), &monitor_using(monitor, item))
+            .await
+            .expect("create monitor");
+    }
+    wait_until(Duration::from_secs(60), "every item Ready", || {
+        w.all_ready()
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "usedBy", || used_by_is_right(&w)).await;
+
+    // The operator sees none of what follows as it happens: paused, its watches then cut
+    // by the API server's restart, and the revisions they stopped at compacted away.
+    signal(&operator, "STOP");
+    w.create_items(&names("late", 0..10)).await;
+    w.reseal_items(&all[5..15]).await;
+    w.delete_items(&all[25..30]).await;
+    monitors
+        .create(&PostParams::default(), &monitor_using("new", "item-001"))
+        .await
+        .expect("create monitor");
+    monitors
+        .patch(
+            "moved",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"spec": {"auth": {"basic": {"credentialSet": "item-003"}}}}),
+            ),
+        )
+        .await
+        .expect("move a monitor to another item");
+    monitors
+        .delete("gone", &DeleteParams::default())
+        .await
+        .expect("delete monitor");
+    let revision = compact_etcd(c);
+    restart_apiserver(c).await;
+    signal(&operator, "CONT");
+    eprintln!("compacted etcd at revision {revision}, restarted kube-apiserver");
+
+    wait_until(Duration::from_secs(60), "every item Ready", || {
+        w.all_ready()
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(60),
+        "usedBy to follow the monitors",
+        || used_by_is_right(&w),
+    )
+    .await;
+    w.assert_store_matches_items().await;
+    // The watches did expire (410 Gone, "Expired"), and the operator relisted: the watch of
+    // the monitor cache says so in the log (the controllers' own watches do not log).
+    let log = operator.stderr();
+    let expired: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("too old resource version") && l.contains("Expired"))
+        .collect();
+    for line in &expired {
+        eprintln!("operator: {line}");
+    }
+    assert!(
+        expired
+            .iter()
+            .any(|l| l.contains("monivault::controller: watching Monitors failed")),
+        "the controller's monitor watch did not expire:\n{log}"
     );
     assert!(
         operator.is_running(),
