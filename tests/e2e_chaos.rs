@@ -395,6 +395,10 @@ fn ingest_operator(c: &Cluster, w: &World) -> Operator {
 const BURST: usize = 150;
 const KILLS: usize = 5;
 
+/// The operator is SIGKILLed five times, each a random moment after its new life began
+/// storing a fresh wave of items; while it is dead, items are deleted (their finalizer
+/// waits for the next life) and resealed. Afterwards the store holds exactly one record
+/// per item, none orphaned, each opening to the item's latest plaintext.
 #[tokio::test]
 async fn operator_killed_during_an_ingest_burst_leaves_one_record_per_item_and_every_item_ready() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -566,9 +570,13 @@ struct SeenStatus {
 ///   changed only by `update_environment` (CAS, decided from the keyring read); and a
 ///   rotation request is honoured only while the current key is older than it, so the
 ///   resumed leader's check finds the follower's new key and rotates nothing.
-/// - The item status is a server-side apply: the test watches every status written from
-///   the moment the old leader resumes, and fails on one about an older generation or
-///   an older data key than the follower had already written.
+/// - Item and section statuses are server-side applies that carry the resourceVersion the
+///   reconcile read (`controller::apply_status`), so a status computed before the pause
+///   conflicts once the follower has written a newer one. Without that precondition this
+///   test failed 2 runs in 4: the resumed leader wrote `observedGeneration: 2` over the
+///   follower's status for generation 3. The test watches every status written from the
+///   moment the old leader resumes, and fails on one about an older generation or an
+///   older data key than the follower had already written.
 #[tokio::test]
 async fn paused_leader_resumes_after_a_takeover_without_double_rotation_or_rolled_back_records() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -611,6 +619,7 @@ async fn paused_leader_resumes_after_a_takeover_without_double_rotation_or_rolle
     signal(&alpha, "STOP");
     let old_at_pause = records_on_old_keys(&w).await;
     eprintln!("paused alpha with {old_at_pause} of 40 records still on data key 1");
+    assert!(old_at_pause > 0, "the pause came after the re-encryption");
 
     // While alpha sleeps: the same items change again, others change, come and go.
     w.reseal_items(&all[0..12]).await;
@@ -1338,5 +1347,4 @@ async fn apiserver_restart_during_an_ingest_burst_and_a_data_key_rotation_loses_
     );
     w.assert_no_plaintext_in_etcd(c);
     eprintln!("checked after {:?}", begun.elapsed());
-    let _ = &mut operator;
 }
