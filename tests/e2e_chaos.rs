@@ -22,7 +22,7 @@ use monivault::api::vault_section::VaultSection;
 use monivault::controller::leader::LEASE_NAME;
 use monivault::crypto::{ItemBinding, Keyring, SealBinding, SealingPublicKey, seal};
 use monivault::store::{SecretStore, Store};
-use support::{Cluster, Operator, cluster, credential_set, fresh, section_public_key};
+use support::{Cluster, Operator, cluster, credential_set, section_public_key};
 
 /// The chaos tests start and stop operators and bursts of writes on a 2-core machine, and
 /// one restarts the kube-apiserver every test of this binary talks to: they take turns.
@@ -111,7 +111,7 @@ impl World {
 
     /// A fresh plaintext sealed for `item`, remembered as its current one.
     fn seal_new(&mut self, item: &str) -> String {
-        let plaintext = fresh("chaos-pw");
+        let plaintext = support::secret("chaos-pw");
         let binding = SealBinding {
             namespace: &self.ns,
             section: "checkout",
@@ -1247,8 +1247,9 @@ async fn apiserver_restart_during_an_ingest_burst_and_a_data_key_rotation_loses_
             "2",
             "--rotation-check-interval",
             "1s",
+            // 10 s for the 200 records: the crash must land inside, on a loaded machine too.
             "--reencrypt-rate",
-            "100",
+            "20",
             "--data-key-retire-grace",
             "1s",
         ],

@@ -281,10 +281,7 @@ fn assert_plaintexts_not_in_etcd(c: &Cluster, world: &World) {
     let secrets: Vec<support::Generated> = world
         .plaintexts
         .iter()
-        .map(|(name, plaintext)| support::Generated {
-            label: name.clone(),
-            value: plaintext.clone().into_bytes(),
-        })
+        .map(|(name, plaintext)| support::Generated::new(name, plaintext.clone().into_bytes()))
         .collect();
     assert_eq!(secrets.len(), ITEMS);
     let leaks = support::Scanner::new(&secrets).scan("etcd's keyspace", dump.as_bytes());

@@ -4,8 +4,8 @@
 //! itself, such as a PKCS#12 archive, is handed to [`adopt`]). The harness remembers each
 //! one, and when a test's [`super::Operator`] is dropped it scans, for every secret this
 //! process generated, in every form a leak takes ([`forms`]):
-//! - etcd's whole keyspace, and its data files (WAL, snapshots, the bbolt file), where
-//!   overwritten and deleted values remain;
+//! - etcd's data files (WAL, snapshots, the bbolt file): its whole keyspace, and the
+//!   overwritten and deleted values that remain there;
 //! - the API server's audit log since the operator started, rotated files included;
 //! - the operator's own log;
 //! - the Events and the monivault objects (spec and status) of the namespaces it watched.
@@ -13,6 +13,7 @@
 //! It also opens every record in the operator's store: a stored secret that the harness
 //! did not generate fails the test, so no test can store a fixed plaintext unscanned.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -22,11 +23,23 @@ use aho_corasick::AhoCorasick;
 use base64::Engine as _;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-/// One secret the harness knows: what the test called it, and its bytes.
+/// One secret the harness knows: what the test called it, its bytes, and when it was
+/// made (no byte on disk before then can hold it).
 #[derive(Clone)]
 pub struct Generated {
     pub label: String,
     pub value: Vec<u8>,
+    pub at: SystemTime,
+}
+
+impl Generated {
+    pub fn new(label: &str, value: Vec<u8>) -> Generated {
+        Generated {
+            label: label.to_owned(),
+            value,
+            at: SystemTime::now(),
+        }
+    }
 }
 
 /// Never the value: a failing scan must not print the secret it found.
@@ -42,10 +55,7 @@ fn remember(label: &str, value: Vec<u8>) {
     GENERATED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push(Generated {
-            label: label.to_owned(),
-            value,
-        });
+        .push(Generated::new(label, value));
 }
 
 /// Every secret this test process generated or adopted so far.
@@ -197,6 +207,7 @@ pub struct Leak {
 pub struct Scanner {
     matcher: AhoCorasick,
     patterns: Vec<(String, Form)>,
+    longest: usize,
 }
 
 impl Scanner {
@@ -213,6 +224,7 @@ impl Scanner {
             // Leftmost-longest, not overlapping: a search that can skip ahead with its
             // prefilter runs at memory speed over hundreds of MB. Two forms never share
             // a position, so none hides another.
+            longest: texts.iter().map(Vec::len).max().unwrap_or(0),
             matcher: AhoCorasick::builder()
                 .match_kind(aho_corasick::MatchKind::LeftmostLongest)
                 .build(&texts)
@@ -238,17 +250,126 @@ impl Scanner {
             .collect()
     }
 
-    /// [`Scanner::scan`] over every file under `dir`, read as it is now.
-    pub fn scan_dir(&self, dir: &Path) -> Vec<Leak> {
-        let mut leaks = Vec::new();
-        for path in files_under(dir) {
-            // etcd may remove a WAL segment or snapshot between the listing and the read.
-            if let Ok(bytes) = std::fs::read(&path) {
-                leaks.extend(self.scan(&path.display().to_string(), &bytes));
-            }
-        }
-        leaks
+    /// The longest text it searches for: a leak can straddle a cut this long.
+    fn longest(&self) -> usize {
+        self.longest
     }
+}
+
+/// What earlier scans of an append-only file covered: its first `len` bytes, read by
+/// `read_at`, searched for the first `secrets` secrets of a list whose prefix of that
+/// length hashes to `prefix` (the registry only grows; a list that is not it starts over).
+#[derive(Clone, Copy)]
+struct Covered {
+    len: usize,
+    read_at: SystemTime,
+    secrets: usize,
+    prefix: u64,
+}
+
+fn prefix_hash(secrets: &[Generated]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for secret in secrets {
+        secret.value.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+static COVERED: Mutex<BTreeMap<PathBuf, Covered>> = Mutex::new(BTreeMap::new());
+
+/// Scans an append-only file (an etcd WAL segment, an audit log) for `secrets`, searching
+/// only what earlier scans of this process did not: bytes added since, for every secret,
+/// and bytes already searched, for secrets made before those bytes were read (a secret
+/// made later cannot be in them). Scans stay proportional to what changed, not to the
+/// hundreds of MB these files reach. A file that shrank was replaced: searched whole.
+pub fn scan_append_only(path: &Path, secrets: &[Generated], place: &str) -> Vec<Leak> {
+    scan_append_only_with(path, secrets, &Scanner::new(secrets), place)
+}
+
+/// [`scan_append_only`] with `all`, the scanner of `secrets`, already built. The lock is
+/// held only to read and write what was covered: concurrent scans may search the same
+/// new bytes twice, and whichever records last records something true.
+fn scan_append_only_with(
+    path: &Path,
+    secrets: &[Generated],
+    all: &Scanner,
+    place: &str,
+) -> Vec<Leak> {
+    let covered = || COVERED.lock().unwrap_or_else(|e| e.into_inner());
+    // etcd may remove a WAL segment between the listing and the read.
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let read_at = SystemTime::now();
+    let end = written_len(&bytes);
+    let before = covered().get(path).copied().filter(|c| {
+        c.len <= end
+            && secrets
+                .get(..c.secrets)
+                .is_some_and(|prefix| prefix_hash(prefix) == c.prefix)
+    });
+    let leaks = match before {
+        None => all.scan(place, &bytes[..end]),
+        Some(before) => {
+            let later: Vec<Generated> = secrets
+                .get(before.secrets..)
+                .unwrap_or_default()
+                .iter()
+                .filter(|s| s.at <= before.read_at)
+                .cloned()
+                .collect();
+            let mut leaks = if later.is_empty() {
+                Vec::new()
+            } else {
+                Scanner::new(&later).scan(place, &bytes[..before.len])
+            };
+            let from = before.len.saturating_sub(all.longest());
+            leaks.extend(all.scan(place, &bytes[from..end]));
+            leaks
+        }
+    };
+    covered().insert(
+        path.to_path_buf(),
+        Covered {
+            len: end,
+            read_at,
+            secrets: secrets.len(),
+            prefix: prefix_hash(secrets),
+        },
+    );
+    leaks
+}
+
+/// The length of `bytes` without its trailing zeros: etcd preallocates WAL segments, and
+/// only the bytes before the zeros are written. Whole pages are compared at once (this
+/// runs unoptimized, over 64 MB segments).
+fn written_len(bytes: &[u8]) -> usize {
+    const PAGE: usize = 4096;
+    let zeros = [0u8; PAGE];
+    let mut end = bytes.len();
+    while end >= PAGE && bytes[end - PAGE..end] == zeros {
+        end -= PAGE;
+    }
+    while end > 0 && bytes[end - 1] == 0 {
+        end -= 1;
+    }
+    end
+}
+
+/// Every file under etcd's data directory: WAL segments as append-only files, the rest
+/// (the bbolt file, rewritten in place, and snapshots) whole.
+fn scan_etcd_files(dir: &Path, secrets: &[Generated], scanner: &Scanner) -> Vec<Leak> {
+    let mut leaks = Vec::new();
+    for path in files_under(dir) {
+        let place = path.display().to_string();
+        if path.extension().is_some_and(|e| e == "wal") {
+            leaks.extend(scan_append_only_with(&path, secrets, scanner, &place));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            leaks.extend(scanner.scan(&place, &bytes));
+        }
+    }
+    leaks
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -286,12 +407,18 @@ impl super::Cluster {
     /// Every place of the module docs, scanned for `secrets`. Returns what it found.
     pub fn leaks(&self, secrets: &[Generated], scope: &Scope<'_>) -> Vec<Leak> {
         let scanner = Scanner::new(secrets);
-        let mut leaks = scanner.scan("etcd's keyspace", self.etcd_dump().as_bytes());
-        leaks.extend(
-            scanner.scan_dir(&PathBuf::from(self.var("MONIVAULT_CLUSTER_DIR")).join("etcd")),
-        );
-        let audit = self.audit_log_since(scope.since);
-        leaks.extend(scanner.scan("the audit log", audit.as_bytes()));
+        // The keyspace is in these files (the WAL first, the bbolt file once committed),
+        // with what was overwritten or deleted since: no etcdctl dump is needed.
+        let dir = PathBuf::from(self.var("MONIVAULT_CLUSTER_DIR"));
+        let mut leaks = scan_etcd_files(&dir.join("etcd"), secrets, &scanner);
+        for path in self.audit_logs_since(scope.since) {
+            leaks.extend(scan_append_only_with(
+                &path,
+                secrets,
+                &scanner,
+                "the audit log",
+            ));
+        }
         leaks.extend(scanner.scan("the operator's log", scope.operator_log.as_bytes()));
         for ns in &scope.namespaces {
             let out = self.kubectl(&[

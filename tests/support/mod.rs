@@ -14,7 +14,8 @@
 mod leaks;
 #[allow(unused_imports)] // Each test binary uses its own subset of the harness.
 pub use leaks::{
-    Form, Generated, Leak, Scanner, Scope, adopt, base32_seed, forms, generated, secret, token,
+    Form, Generated, Leak, Scanner, Scope, adopt, base32_seed, forms, generated, scan_append_only,
+    secret, token,
 };
 
 use std::collections::BTreeMap;
@@ -210,6 +211,16 @@ impl Cluster {
     /// The API server's audit log from `since` on: the current file and any file it was
     /// rotated into since (the API server rotates at 100 MB).
     pub fn audit_log_since(&self, since: std::time::SystemTime) -> String {
+        let mut text = String::new();
+        for path in self.audit_logs_since(since) {
+            let bytes = std::fs::read(&path).expect("read the audit log");
+            text.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        text
+    }
+
+    /// The files of [`Cluster::audit_log_since`].
+    pub fn audit_logs_since(&self, since: std::time::SystemTime) -> Vec<PathBuf> {
         let current = PathBuf::from(self.var("MONIVAULT_AUDIT_LOG"));
         let dir = current.parent().expect("the audit log's directory");
         let stem = current
@@ -217,7 +228,7 @@ impl Cluster {
             .and_then(|s| s.to_str())
             .unwrap_or("audit")
             .to_owned();
-        let mut text = String::new();
+        let mut files = Vec::new();
         for entry in std::fs::read_dir(dir).expect("read the audit log's directory") {
             let path = entry.expect("dir entry").path();
             let name = path
@@ -229,11 +240,11 @@ impl Cluster {
                 .and_then(|m| m.modified())
                 .is_ok_and(|modified| modified >= since);
             if name.starts_with(&stem) && name.ends_with(".log") && (recent || path == current) {
-                let bytes = std::fs::read(&path).expect("read the audit log");
-                text.push_str(&String::from_utf8_lossy(&bytes));
+                files.push(path);
             }
         }
-        text
+        files.sort();
+        files
     }
 
     /// A fresh namespace, labelled as a test's so it is easy to find and sweep.
