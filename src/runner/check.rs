@@ -21,6 +21,7 @@ use super::network::{AddressRefused, NetworkPolicy, PolicyResolver, ResolveError
 use super::plan::{Plan, Refusal, UsedSecrets};
 use super::redirect::{Chain, MAX_REDIRECTS, next_method};
 use super::report::{CheckReport, CheckResult, Hop};
+use super::scrub::Scrubber;
 use super::tls::{Trust, config_for};
 
 /// The most of a response body a check reads; the rest is never read. Assertions judge
@@ -76,35 +77,7 @@ async fn run(
     let mut body = None;
     match outcome {
         Ok(Ok(last)) => {
-            // Judged scrubbed: an assertion on the raw body would tell, run by run, whether
-            // a reflected secret contains a guess.
-            let judged = secrets.scrubber().scrub_bytes(&last.body);
-            let assertions = evaluate(
-                spec.assertions.as_ref(),
-                last.status,
-                last.elapsed,
-                judged.as_bytes(),
-                last.truncated,
-            );
-            let failed: Vec<&str> = assertions
-                .iter()
-                .filter(|a| !a.passed)
-                .map(|a| a.detail.as_str())
-                .collect();
-            if failed.is_empty() {
-                report.result = CheckResult::Passed;
-                report.message = format!(
-                    "HTTP {} in {} ms; every assertion held",
-                    last.status,
-                    last.elapsed.as_millis()
-                );
-            } else {
-                report.result = CheckResult::AssertionFailed;
-                report.message = format!("HTTP {}: {}", last.status, failed.join("; "));
-            }
-            report.status_code = Some(last.status);
-            report.response_time = Some(last.elapsed);
-            report.assertions = assertions;
+            judge(&mut report, spec, &secrets.scrubber(), &last);
             body = Some(last.body);
         }
         Ok(Err(refusal)) => {
@@ -122,6 +95,65 @@ async fn run(
     report.hops = trail.hops;
     report.items_sent = trail.items_sent;
     (report, body)
+}
+
+/// Fills `report` from the response the check ended on: the assertions, judged on the
+/// scrubbed body, and the message.
+fn judge(report: &mut CheckReport, spec: &MonitorSpec, scrubber: &Scrubber, last: &LastResponse) {
+    // Judged scrubbed: an assertion on the raw body would tell, run by run, whether a
+    // reflected secret contains a guess.
+    let judged = scrubber.scrub_bytes(&last.body);
+    let assertions = evaluate(
+        spec.assertions.as_ref(),
+        last.status,
+        last.elapsed,
+        judged.as_bytes(),
+        last.truncated,
+    );
+    let failed: Vec<&str> = assertions
+        .iter()
+        .filter(|a| !a.passed)
+        .map(|a| a.detail.as_str())
+        .collect();
+    if failed.is_empty() {
+        report.result = CheckResult::Passed;
+        report.message = format!(
+            "HTTP {} in {} ms; every assertion held",
+            last.status,
+            last.elapsed.as_millis()
+        );
+    } else {
+        report.result = CheckResult::AssertionFailed;
+        report.message = format!("HTTP {}: {}", last.status, failed.join("; "));
+    }
+    report.status_code = Some(last.status);
+    report.response_time = Some(last.elapsed);
+    report.assertions = assertions;
+}
+
+/// The report of a check whose final response was `status` with `body`, judged and
+/// scrubbed exactly as [`run_check`] does, without the network. For the fuzz targets
+/// (`fuzz/`) and their corpus replay; not an API.
+#[doc(hidden)]
+pub fn report_for_response(
+    spec: &MonitorSpec,
+    scrubber: &Scrubber,
+    status: u16,
+    elapsed: Duration,
+    body: Vec<u8>,
+    truncated: bool,
+) -> CheckReport {
+    let last = LastResponse {
+        status,
+        elapsed,
+        body,
+        truncated,
+    };
+    let mut report = CheckReport::refused(CheckResult::Timeout, String::new());
+    judge(&mut report, spec, scrubber, &last);
+    let mut report = report.scrubbed(scrubber);
+    report.body_excerpt = Some(scrubber.excerpt(&last.body, BODY_EXCERPT_BYTES));
+    report
 }
 
 /// What the check has sent so far.
