@@ -79,7 +79,9 @@ pub fn check(name: &str, data: &[u8]) {
 }
 
 /// The forms a plaintext could take in an output: as is; base64 (standard and URL-safe,
-/// padded or not), also inside a longer buffer at each of the three byte offsets; hex.
+/// padded or not); inside a longer base64 stream at byte offset 1 or 2, the characters
+/// that depend on the plaintext alone (a shorter run would be the encoding of a part of
+/// it, which the scrubber does not promise to catch: the first `scrub` crash); hex.
 pub fn leak_forms(plaintext: &str) -> Vec<String> {
     let bytes = plaintext.as_bytes();
     let mut forms = vec![
@@ -88,11 +90,18 @@ pub fn leak_forms(plaintext: &str) -> Vec<String> {
         STANDARD_NO_PAD.encode(bytes),
         URL_SAFE_NO_PAD.encode(bytes),
     ];
-    for skip in 1..3 {
-        let rest = &bytes[skip..];
-        let whole = &rest[..rest.len() / 3 * 3];
-        forms.push(STANDARD_NO_PAD.encode(whole));
-        forms.push(URL_SAFE_NO_PAD.encode(whole));
+    for offset in 1..3 {
+        let mut stream = vec![0u8; offset];
+        stream.extend_from_slice(bytes);
+        stream.extend_from_slice(&[0, 0, 0]);
+        // Character i covers bits [6i, 6i + 6).
+        let (first, end) = ((8 * offset).div_ceil(6), 8 * (offset + bytes.len()) / 6);
+        for encoded in [
+            STANDARD_NO_PAD.encode(&stream),
+            URL_SAFE_NO_PAD.encode(&stream),
+        ] {
+            forms.push(encoded[first..end].to_owned());
+        }
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     forms.push(hex.to_uppercase());
@@ -327,19 +336,7 @@ fn admit_and_check(harness: &AdmissionHarness, route: Route, body: &[u8], plante
 /// Sets every write-only position of a VaultItem-shaped object (spec and the
 /// last-applied copy) to `value`.
 fn set_secret_positions(object: &mut Value, value: &str) {
-    if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
-        for (parent, field) in SECRET_POSITIONS {
-            match spec.get_mut(parent) {
-                Some(Value::Object(fields)) if fields.contains_key(field) => {
-                    fields.insert(field.to_owned(), json!(value));
-                }
-                Some(Value::Object(_)) => {}
-                // A plaintext written where an object belongs: serde would quote it.
-                Some(other) if !other.is_null() => *other = json!(value),
-                _ => {}
-            }
-        }
-    }
+    set_spec_secrets(object, value);
     let annotation = object
         .pointer_mut("/metadata/annotations")
         .and_then(Value::as_object_mut)
@@ -352,6 +349,23 @@ fn set_secret_positions(object: &mut Value, value: &str) {
     {
         set_secret_positions(&mut copy, value);
         *annotation = json!(copy.to_string());
+    }
+}
+
+/// Sets every write-only position of the object's spec to `value`.
+fn set_spec_secrets(object: &mut Value, value: &str) {
+    if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+        for (parent, field) in SECRET_POSITIONS {
+            match spec.get_mut(parent) {
+                Some(Value::Object(fields)) if fields.contains_key(field) => {
+                    fields.insert(field.to_owned(), json!(value));
+                }
+                Some(Value::Object(_)) => {}
+                // A plaintext written where an object belongs: serde would quote it.
+                Some(other) if !other.is_null() => *other = json!(value),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -711,15 +725,16 @@ fn envelope_harness() -> EnvelopeHarness {
     }
 }
 
-/// Applies edits from `ops` to `text`: (position, operation, byte) triples that replace,
-/// insert or delete one byte, or cut the text.
+/// Applies edits from `ops` to `text`: (position high, position low, operation, byte)
+/// quadruples that replace, insert or delete one byte, or cut the text. Any position can
+/// be named, the prefix (`mv2.s.1.`) as well as the payload.
 fn mutate(text: &str, ops: &[u8]) -> String {
     let mut bytes = text.as_bytes().to_vec();
-    for op in ops.chunks_exact(3) {
-        let at = usize::from(op[0]) * 7 % (bytes.len() + 1);
-        match op[1] % 4 {
-            0 if at < bytes.len() => bytes[at] = op[2],
-            1 => bytes.insert(at, op[2]),
+    for op in ops.chunks_exact(4) {
+        let at = usize::from(u16::from_be_bytes([op[0], op[1]])) % (bytes.len() + 1);
+        match op[2] % 4 {
+            0 if at < bytes.len() => bytes[at] = op[3],
+            1 => bytes.insert(at, op[3]),
             2 if at < bytes.len() => {
                 bytes.remove(at);
             }
@@ -950,11 +965,12 @@ pub fn crd(data: &[u8]) {
     let with_secrets = |value: &Value, secret: &str| {
         if selector == 1 {
             let mut wrapped = json!({ "spec": value });
-            set_secret_positions(&mut wrapped, secret);
+            set_spec_secrets(&mut wrapped, secret);
             wrapped["spec"].clone()
         } else {
+            // Not the last-applied annotation: `Debug` shows metadata as it came.
             let mut value = value.clone();
-            set_secret_positions(&mut value, secret);
+            set_spec_secrets(&mut value, secret);
             value
         }
     };
