@@ -110,6 +110,42 @@ fn tampered_sealed_value_never_opens() {
     }
 }
 
+/// Found by the `envelope` fuzz target: a key version written with a leading zero named the
+/// same key, so one sealed value, or one stored ciphertext, had a second spelling that
+/// opened too.
+#[test]
+fn a_key_version_with_a_leading_zero_is_refused() {
+    let (root, keyring) = keyring_with(&["team-a"]);
+    let pk = keyring
+        .sealing_public_key(&root, "team-a")
+        .expect("public key");
+    let b = SealBinding {
+        namespace: "team-a",
+        section: "checkout",
+        item_type: "CredentialSet",
+        item: "shop-login",
+        field: "password",
+    };
+    let sealed = seal(&pk, &b, SECRET).expect("seal");
+    let respelled = sealed.replacen("mv2.s.1.", "mv2.s.01.", 1);
+    let error = keyring
+        .open_sealed(&root, &b, &respelled)
+        .expect_err("a second spelling must not open");
+    assert!(error.to_string().contains("leading zero"), "{error}");
+
+    let ib = binding("team-a", "shop-login", "password");
+    let stored = keyring
+        .current_data_cipher(&root, "team-a")
+        .expect("cipher")
+        .encrypt(&ib, SECRET)
+        .expect("encrypt");
+    let respelled = stored.replacen("mv1.d.1.", "mv1.d.001.", 1);
+    let error = keyring
+        .decrypt(&root, &ib, &respelled)
+        .expect_err("a second spelling must not open");
+    assert!(error.to_string().contains("leading zero"), "{error}");
+}
+
 #[test]
 fn truncated_and_garbage_inputs_give_typed_errors() {
     let (root, keyring) = keyring_with(&["team-a"]);

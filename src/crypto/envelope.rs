@@ -118,6 +118,11 @@ fn split<'a>(
     if version.is_empty() || version.len() > 10 || !version.bytes().all(|b| b.is_ascii_digit()) {
         return Err(malformed("key version is not a number"));
     }
+    // Nor a leading zero: `01` would name key 1 too, and the envelope would open under both
+    // spellings (found by the `envelope` fuzz target).
+    if version.len() > 1 && version.starts_with('0') {
+        return Err(malformed("key version has a leading zero"));
+    }
     let version = version
         .parse::<u32>()
         .map_err(|_| malformed("key version is not a number"))?;
@@ -159,6 +164,8 @@ mod tests {
             "mv1.d.+1.AAAA",
             "mv1.d.-1.AAAA",
             "mv1.d.99999999999.AAAA",
+            "mv1.d.01.AAAA",
+            "mv1.d.00.AAAA",
             "mv1.d.1.not base64!",
             "mv1.d.1.AAAA=",
         ] {
