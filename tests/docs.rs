@@ -37,8 +37,6 @@ const NOT_REASONS: &[(&str, &str)] = &[
     ("Ingest", "an Event action"),
     ("Rotate", "an Event action"),
     ("Check", "an Event action"),
-    ("VaultItem", "a kind"),
-    ("VaultSection", "a kind"),
     ("Monitor", "a kind"),
     ("MonitorRun", "a kind"),
     ("Monitors", "a listing named in an error"),

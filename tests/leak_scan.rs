@@ -119,6 +119,25 @@ fn an_append_only_file_is_searched_again_where_a_leak_can_be() {
     assert!(found.iter().any(|l| l.label == "first"), "{found:?}");
 }
 
+/// A plaintext escaped twice (JSON inside a JSON string, as last-applied sits in its
+/// object) matches none of the whole forms; its random core still finds it.
+#[test]
+fn a_secret_escaped_twice_is_found_by_its_core() {
+    let core = "0123456789abcdef";
+    let mut secret = Generated::new("nested", format!("nested-{core}+/&\"").into_bytes());
+    secret.core = Some(core.as_bytes().to_vec());
+    let text = std::str::from_utf8(&secret.value).unwrap();
+    let once = serde_json::to_string(&json!({ "password": text })).unwrap();
+    let twice = serde_json::to_string(&json!({ "annotation": once })).unwrap();
+    let found = Scanner::new(std::slice::from_ref(&secret)).scan("twice", twice.as_bytes());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].form, Form::Core);
+    // Whole, it is found as itself, not as its core.
+    let found = Scanner::new(std::slice::from_ref(&secret)).scan("once", text.as_bytes());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].form, Form::Exact);
+}
+
 #[test]
 fn a_generated_secret_never_prints_its_value() {
     let secret = planted("debug");

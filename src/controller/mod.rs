@@ -330,34 +330,72 @@ pub async fn run<S: Store>(
 /// leader paused past its Lease and resumed, or a lagging cache) then conflicts instead
 /// of replacing a newer one; the change that made it conflict brings another reconcile.
 /// `Ok(false)` on that conflict.
+///
+/// A conflict caused by metadata alone (someone with `edit` touching an annotation in a
+/// loop) must not keep the status from ever being written: while the object's generation
+/// and status are still what this reconcile read, the write is retried at the new
+/// resourceVersion, a few times.
 async fn apply_status<K>(api: &Api<K>, obj: &K, status: serde_json::Value) -> Result<bool, Error>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
 {
-    let resource_version = obj
+    const ATTEMPTS: u32 = 4;
+    let name = obj.name_any();
+    let read_status = status_of(obj);
+    let mut resource_version = obj
         .resource_version()
         .ok_or(Error::MissingField("metadata.resourceVersion"))?;
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": {"resourceVersion": resource_version},
-        "status": status,
-    });
-    let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
-    match api
-        .patch_status(&obj.name_any(), &params, &kube::api::Patch::Apply(&patch))
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            tracing::debug!(
-                object = %backoff_key(obj),
-                "the object changed since it was read; its status is left to the next reconcile"
-            );
-            Ok(false)
+    for _ in 0..ATTEMPTS {
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "metadata": {"resourceVersion": resource_version},
+            "status": status,
+        });
+        let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
+        match api
+            .patch_status(&name, &params, &kube::api::Patch::Apply(&patch))
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(Error::Kube(e)),
         }
-        Err(e) => Err(Error::Kube(e)),
+        let Some(fresh) = api.get_opt(&name).await.map_err(Error::Kube)? else {
+            return Ok(false);
+        };
+        let unchanged = fresh.meta().generation == obj.meta().generation
+            && fresh.meta().uid == obj.meta().uid
+            && status_of(&fresh) == read_status;
+        match fresh.resource_version() {
+            Some(version) if unchanged => resource_version = version,
+            _ => {
+                tracing::debug!(
+                    object = %backoff_key(obj),
+                    "the object changed since it was read; its status is left to the next reconcile"
+                );
+                return Ok(false);
+            }
+        }
     }
+    tracing::debug!(
+        object = %backoff_key(obj),
+        attempts = ATTEMPTS,
+        "the object's metadata kept changing; its status is left to the next reconcile"
+    );
+    Ok(false)
+}
+
+/// The object's `status`, as JSON (`Null` without one).
+fn status_of<K: serde::Serialize>(obj: &K) -> serde_json::Value {
+    serde_json::to_value(obj)
+        .ok()
+        .and_then(|mut v| v.get_mut("status").map(serde_json::Value::take))
+        .unwrap_or(serde_json::Value::Null)
 }
 
 pub(crate) fn now() -> Time {

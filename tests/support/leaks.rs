@@ -30,6 +30,9 @@ pub struct Generated {
     pub label: String,
     pub value: Vec<u8>,
     pub at: SystemTime,
+    /// Its random part alone, when it has one: found however the value was nested,
+    /// escaped twice or cut short.
+    pub core: Option<Vec<u8>>,
 }
 
 impl Generated {
@@ -38,6 +41,7 @@ impl Generated {
             label: label.to_owned(),
             value,
             at: SystemTime::now(),
+            core: None,
         }
     }
 }
@@ -51,11 +55,13 @@ impl fmt::Debug for Generated {
 
 static GENERATED: Mutex<Vec<Generated>> = Mutex::new(Vec::new());
 
-fn remember(label: &str, value: Vec<u8>) {
+fn remember(label: &str, value: Vec<u8>, core: Option<&str>) {
+    let mut generated = Generated::new(label, value);
+    generated.core = core.map(|c| c.as_bytes().to_vec());
     GENERATED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push(Generated::new(label, value));
+        .push(generated);
 }
 
 /// Every secret this test process generated or adopted so far.
@@ -73,16 +79,18 @@ fn random_hex() -> String {
 /// base64, URL and JSON encodings all change (Go's JSON escapes `&`), so a scan that
 /// looked only for the exact text would miss an encoded leak.
 pub fn secret(label: &str) -> String {
-    let value = format!("{label}-{}+/&\"", random_hex());
-    remember(label, value.clone().into_bytes());
+    let core = random_hex();
+    let value = format!("{label}-{core}+/&\"");
+    remember(label, value.clone().into_bytes(), Some(&core));
     value
 }
 
 /// A fresh plaintext of letters, digits and `-` only, for places whose syntax takes no
 /// other characters (a URL path, a header name). Remembered like [`secret`].
 pub fn token(label: &str) -> String {
-    let value = format!("{label}-{}", random_hex());
-    remember(label, value.clone().into_bytes());
+    let core = random_hex();
+    let value = format!("{label}-{core}");
+    remember(label, value.clone().into_bytes(), Some(&core));
     value
 }
 
@@ -95,26 +103,32 @@ pub fn base32_seed(label: &str) -> String {
         .iter()
         .map(|b| ALPHABET[usize::from(b % 32)] as char)
         .collect();
-    remember(label, value.clone().into_bytes());
+    remember(label, value.clone().into_bytes(), None);
     value
 }
 
 /// Remembers secret material the test had to make itself (an archive, a private key).
 pub fn adopt(label: &str, value: &[u8]) {
-    remember(label, value.to_vec());
+    remember(label, value.to_vec(), None);
 }
 
 /// Where in a leak a form came from, for the failure message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
     Exact,
-    Base64 { offset: usize },
-    Base64Url { offset: usize },
+    Base64 {
+        offset: usize,
+    },
+    Base64Url {
+        offset: usize,
+    },
     Hex,
     UrlEncoded,
     UrlComponent,
     JsonEscaped,
     GoJsonEscaped,
+    /// The random part of a generated secret, wherever it sits.
+    Core,
 }
 
 /// RFC 3986's unreserved characters stay as they are (JavaScript's encodeURIComponent).
@@ -219,11 +233,16 @@ impl Scanner {
                 texts.push(text);
                 patterns.push((secret.label.clone(), form));
             }
+            if let Some(core) = &secret.core {
+                texts.push(core.clone());
+                patterns.push((secret.label.clone(), Form::Core));
+            }
         }
         Scanner {
             // Leftmost-longest, not overlapping: a search that can skip ahead with its
             // prefilter runs at memory speed over hundreds of MB. Two forms never share
-            // a position, so none hides another.
+            // a position, so none hides another; a core is reported only where no whole
+            // form around it is (that one starts earlier).
             longest: texts.iter().map(Vec::len).max().unwrap_or(0),
             matcher: AhoCorasick::builder()
                 .match_kind(aho_corasick::MatchKind::LeftmostLongest)
