@@ -824,6 +824,25 @@ async fn deletes_status_writes_and_other_kinds_pass_through_or_are_refused() {
         "{}",
         outcome.message()
     );
+    assert!(
+        outcome.message().contains("got a VaultItem;"),
+        "{}",
+        outcome.message()
+    );
+
+    // A kind that is no kind name is not echoed: the request may carry anything there
+    // (found by the admission property test with the plaintext as the kind's group).
+    let mut odd = request("Pod", "pods", "CREATE", "alice", &object);
+    odd["kind"] = json!({"group": PASSWORD, "version": "v1", "kind": PASSWORD});
+    for outcome in [admit_item(&keys, odd.clone()).await, authorize(odd).await] {
+        assert!(!outcome.response.allowed);
+        assert!(
+            outcome.message().contains("got an object of another kind;"),
+            "{}",
+            outcome.message()
+        );
+        outcome.assert_no_plaintext(PASSWORD);
+    }
 }
 
 #[tokio::test]

@@ -155,7 +155,7 @@ pub trait MonitorLookup: Send + Sync {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Refusal {
     #[error(
-        "monivault's monitor webhook got a {0}; it handles monivault.io Monitors and MonitorRuns only"
+        "monivault's monitor webhook got {0}; it handles monivault.io Monitors and MonitorRuns only"
     )]
     WrongKind(String),
     #[error("the admission request carries no object")]
@@ -220,7 +220,7 @@ pub(crate) fn kind_of(request: &Request) -> Result<Kind, Refusal> {
     match (request.kind.group.as_str(), request.kind.kind.as_str()) {
         (GROUP, "Monitor") => Ok(Kind::Monitor),
         (GROUP, "MonitorRun") => Ok(Kind::MonitorRun),
-        (group, kind) => Err(Refusal::WrongKind(format!("{group}/{kind}"))),
+        (_, kind) => Err(Refusal::WrongKind(super::foreign_kind(kind))),
     }
 }
 

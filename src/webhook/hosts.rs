@@ -30,8 +30,8 @@ pub async fn check_vault_item<A: Authorizer>(
             400,
             "BadRequest",
             &format!(
-                "monivault's VaultItem webhook got a {}/{}; it handles monivault.io VaultItems only",
-                request.kind.group, request.kind.kind
+                "monivault's VaultItem webhook got {}; it handles monivault.io VaultItems only",
+                super::foreign_kind(&request.kind.kind)
             ),
         );
     }

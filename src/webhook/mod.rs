@@ -382,3 +382,18 @@ mod tests {
         );
     }
 }
+
+/// How a refusal names the kind of a request this webhook does not handle: `a Deployment`
+/// when the kind is a plausible kind name (letters and digits), else `an object of
+/// another kind`. Nothing else of the request is echoed: it may hold anything, a
+/// plaintext included, and an answer must never carry one.
+pub(crate) fn foreign_kind(kind: &str) -> String {
+    let plausible = (1..=63).contains(&kind.len())
+        && kind.starts_with(|c: char| c.is_ascii_uppercase())
+        && kind.chars().all(|c| c.is_ascii_alphanumeric());
+    if plausible {
+        format!("a {kind}")
+    } else {
+        "an object of another kind".to_owned()
+    }
+}

@@ -34,7 +34,7 @@ use crate::store::{KeyError, Keys};
 /// Why a VaultItem write was refused. No variant holds a plaintext: they name fields.
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
-    #[error("monivault's VaultItem webhook got a {0}; it handles monivault.io VaultItems only")]
+    #[error("monivault's VaultItem webhook got {0}; it handles monivault.io VaultItems only")]
     WrongKind(String),
     #[error("the admission request carries no object")]
     NoObject,
@@ -148,9 +148,8 @@ async fn admit<S: Store, A: Authorizer>(
     request: &Request,
 ) -> Result<AdmissionResponse, SealError> {
     if request.kind.group != GROUP || request.kind.kind != "VaultItem" {
-        return Err(SealError::WrongKind(format!(
-            "{}/{}",
-            request.kind.group, request.kind.kind
+        return Err(SealError::WrongKind(super::foreign_kind(
+            &request.kind.kind,
         )));
     }
     let mut response = AdmissionResponse::from(request);
