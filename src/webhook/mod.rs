@@ -309,6 +309,21 @@ pub(crate) fn dotted(pointer: &str) -> String {
     pointer.trim_start_matches('/').replace('/', ".")
 }
 
+/// How a refusal names the kind of a request this webhook does not handle: `a Deployment`
+/// when the kind is a plausible kind name (letters and digits), else `an object of
+/// another kind`. Nothing else of the request is echoed: it may hold anything, a
+/// plaintext included, and an answer must never carry one.
+pub(crate) fn foreign_kind(kind: &str) -> String {
+    let plausible = (1..=63).contains(&kind.len())
+        && kind.starts_with(|c: char| c.is_ascii_uppercase())
+        && kind.chars().all(|c| c.is_ascii_alphanumeric());
+    if plausible {
+        format!("a {kind}")
+    } else {
+        "an object of another kind".to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,20 +395,5 @@ mod tests {
             dotted("/spec/credentialSet/password"),
             "spec.credentialSet.password"
         );
-    }
-}
-
-/// How a refusal names the kind of a request this webhook does not handle: `a Deployment`
-/// when the kind is a plausible kind name (letters and digits), else `an object of
-/// another kind`. Nothing else of the request is echoed: it may hold anything, a
-/// plaintext included, and an answer must never carry one.
-pub(crate) fn foreign_kind(kind: &str) -> String {
-    let plausible = (1..=63).contains(&kind.len())
-        && kind.starts_with(|c: char| c.is_ascii_uppercase())
-        && kind.chars().all(|c| c.is_ascii_alphanumeric());
-    if plausible {
-        format!("a {kind}")
-    } else {
-        "an object of another kind".to_owned()
     }
 }
